@@ -1,0 +1,64 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Set-up is idempotent: a stamp file records that the venv matches
+# requirements.txt and pyproject.toml, so a second run costs nothing.
+
+SHELL := /bin/bash
+PY_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+APT_PKGS := libopencv-dev libturbojpeg0-dev pkg-config
+DEMO_DIR ?= demo
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k convert -x"`.
+PYTEST_ARGS ?=
+
+.PHONY: setup apt demo test test-all bench lint clean help
+
+help:
+	@echo "make demo      set up, then generate + convert the synthetic dataset (and train, once the trainer lands)"
+	@echo "make test      set up, then run the fast test suite (CPU)"
+	@echo "make test-all  also the slow tests (CIFAR-10 from ../shared/data)"
+	@echo "make bench     conversion / loader benchmarks into benchmarks/RESULTS.md"
+	@echo "make lint      ruff"
+	@echo "make clean     remove the venv and generated data"
+
+setup: $(STAMP)
+
+# FFCV compiles against OpenCV and libjpeg-turbo headers found with pkg-config.
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing apt packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "FFCV needs system packages. Run:  sudo apt-get install -y$$missing   then re-run make."; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): requirements.txt pyproject.toml | apt
+	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -r requirements.txt
+	# ffcv's build imports numpy, so it builds against the venv's numpy, not an isolated one.
+	$(PY) -m pip install -q --no-build-isolation ffcv==1.0.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m tools.demo --out $(DEMO_DIR)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.convert
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

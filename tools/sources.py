@@ -1,0 +1,223 @@
+"""Image sources the converter reads: ImageFolder trees, CIFAR-10/100 python
+pickles and STL-10 binaries, behind one small interface.
+
+A source is a random-access list of samples: ``len(src)``, ``src.key(i)``
+(a name for messages and the manifest), ``src.label(i)`` (-1 = unlabelled) and
+``src.read(i)``, which returns either a file's bytes (to be decoded) or a
+uint8 HWC array (already pixels). Sources are built in the parent process and
+inherited by forked workers, so arrays stay shared (STL-10 is memory-mapped:
+its unlabelled split is 2.7 GB).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".ppm", ".pgm", ".pbm"}
+FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10")
+
+
+class SourceError(Exception):
+    """The source as a whole is unusable; the message is one line for the user."""
+
+
+class ImageFolder:
+    """root/<class>/<image>; classes are the sorted sub-folder names (torchvision's
+    convention). A folder with images and no sub-folders is read as unlabelled."""
+
+    format = "imagefolder"
+
+    def __init__(self, root: Path):
+        self.root = root
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.files: list[Path] = []
+        self.labels: list[int] = []
+        self.ignored: list[str] = []
+        if subdirs:
+            self.classes = [d.name for d in subdirs]
+            for label, d in enumerate(subdirs):
+                self._scan(d, label)
+        else:
+            self.classes = []
+            self._scan(root, -1)
+
+    def _scan(self, folder: Path, label: int) -> None:
+        for p in sorted(folder.rglob("*")):
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                self.files.append(p)
+                self.labels.append(label)
+            else:
+                self.ignored.append(str(p.relative_to(self.root)))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def key(self, i: int) -> str:
+        return str(self.files[i].relative_to(self.root))
+
+    def label(self, i: int) -> int:
+        return self.labels[i]
+
+    def read(self, i: int) -> bytes:
+        return self.files[i].read_bytes()
+
+
+class ArraySource:
+    """Pixels already decoded: (N, H, W, 3) uint8 plus labels."""
+
+    def __init__(self, fmt: str, root: Path, images: np.ndarray, labels: np.ndarray,
+                 classes: list[str], names: list[str]):
+        self.format, self.root = fmt, root
+        self.images, self.labels, self.classes, self.names = images, labels, classes, names
+        self.ignored: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def key(self, i: int) -> str:
+        return self.names[i]
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def read(self, i: int) -> np.ndarray:
+        return np.ascontiguousarray(self.images[i])
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise SourceError(f"{path}: missing")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the same problem
+        raise SourceError(f"{path}: not a CIFAR python pickle ({type(e).__name__}: {e})") from None
+
+
+def _cifar_rows(path: Path, d: dict, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    if b"data" not in d or label_key not in d:
+        raise SourceError(f"{path}: not a CIFAR batch (no {b'data'!r} / {label_key!r})")
+    data = np.asarray(d[b"data"], dtype=np.uint8)
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise SourceError(f"{path}: data has shape {data.shape} with {len(labels)} labels; "
+                          "expected (N, 3072) with N labels")
+    # Rows are 1024 red, 1024 green, 1024 blue values, each a row-major 32x32 plane.
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def cifar(root: Path, split: str, hundred: bool) -> ArraySource:
+    if split not in ("train", "test"):
+        raise SourceError(f"{root}: CIFAR has splits train and test, not {split!r}")
+    if hundred:
+        files = [root / split]
+        meta = _unpickle(root / "meta")
+        classes, label_key = meta.get(b"fine_label_names"), b"fine_labels"
+    else:
+        files = ([root / f"data_batch_{k}" for k in range(1, 6)] if split == "train"
+                 else [root / "test_batch"])
+        meta = _unpickle(root / "batches.meta")
+        classes, label_key = meta.get(b"label_names"), b"labels"
+    if classes is None:
+        raise SourceError(f"{root}: meta file has no label names")
+    images, labels, names = [], [], []
+    for path in files:
+        x, y = _cifar_rows(path, _unpickle(path), label_key)
+        images.append(x)
+        labels.append(y)
+        names += [f"{path.name}[{i}]" for i in range(len(x))]
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in classes]
+    y = np.concatenate(labels)
+    if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+        raise SourceError(f"{root}: labels outside 0..{len(classes) - 1}")
+    return ArraySource("cifar100" if hundred else "cifar10", root,
+                       np.concatenate(images), y, classes, names)
+
+
+STL_SIDE = 96
+
+
+def stl10(root: Path, split: str) -> ArraySource:
+    if split not in ("train", "test", "unlabeled"):
+        raise SourceError(f"{root}: STL-10 has splits train, test and unlabeled, not {split!r}")
+    xpath = root / f"{split}_X.bin"
+    if not xpath.is_file():
+        raise SourceError(f"{xpath}: missing")
+    per_image = 3 * STL_SIDE * STL_SIDE
+    size = xpath.stat().st_size
+    if size == 0 or size % per_image:
+        raise SourceError(f"{xpath}: {size} bytes is not a whole number of "
+                          f"{STL_SIDE}x{STL_SIDE}x3 images")
+    n = size // per_image
+    # Each image is stored channel by channel, each channel column-major.
+    raw = np.memmap(xpath, dtype=np.uint8, mode="r", shape=(n, 3, STL_SIDE, STL_SIDE))
+    images = raw.transpose(0, 3, 2, 1)
+    names_file = root / "class_names.txt"
+    classes = names_file.read_text().split() if names_file.is_file() else [str(k) for k in range(10)]
+    if split == "unlabeled":
+        labels = np.full(n, -1, dtype=np.int64)
+    else:
+        ypath = root / f"{split}_y.bin"
+        if not ypath.is_file():
+            raise SourceError(f"{ypath}: missing")
+        labels = np.fromfile(ypath, dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
+        if len(labels) != n:
+            raise SourceError(f"{ypath}: {len(labels)} labels for {n} images in {xpath.name}")
+        if n and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise SourceError(f"{ypath}: labels outside 1..{len(classes)}")
+    return ArraySource("stl10", root, images, labels, classes,
+                       [f"{xpath.name}[{i}]" for i in range(n)])
+
+
+def detect(root: Path) -> tuple[str, Path]:
+    """Guess the format of ``root`` (or of the usual sub-folder inside it)."""
+    for base in (root, root / "cifar-10-batches-py", root / "cifar-100-python",
+                 root / "stl10_binary"):
+        if (base / "batches.meta").is_file():
+            return "cifar10", base
+        if (base / "meta").is_file() and (base / "train").is_file():
+            return "cifar100", base
+        if any((base / f"{s}_X.bin").is_file() for s in ("train", "test", "unlabeled")):
+            return "stl10", base
+    return "imagefolder", root
+
+
+def open_source(src: str | Path, fmt: str | None, split: str | None):
+    """Open SRC as format ``fmt`` (or detect it) and select ``split``."""
+    root = Path(src)
+    if not root.exists():
+        raise SourceError(f"{root}: no such file or directory")
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a directory")
+    if fmt is not None and fmt not in FORMATS:
+        raise SourceError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    detected, base = detect(root)
+    fmt = fmt or detected
+    if fmt != detected and fmt != "imagefolder":
+        # Named explicitly: look for the usual sub-folder, else take root as given.
+        base = next((b for b in (root / "cifar-10-batches-py", root / "cifar-100-python",
+                                 root / "stl10_binary") if b.is_dir()), root)
+    if fmt == "cifar10":
+        source = cifar(base, split or "train", hundred=False)
+    elif fmt == "cifar100":
+        source = cifar(base, split or "train", hundred=True)
+    elif fmt == "stl10":
+        source = stl10(base, split or "train")
+    else:
+        folder = root / (split or "train")
+        if folder.is_dir():
+            source = ImageFolder(folder)
+        elif split is None:
+            source, split = ImageFolder(root), "all"
+        else:
+            raise SourceError(f"{folder}: split folder {split!r} not found")
+    source.split = split or "train"
+    if len(source) == 0:
+        raise SourceError(f"{source.root}: no images found ({fmt})")
+    return source
