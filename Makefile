@@ -49,6 +49,7 @@ demo: setup
 	$(PY) -m tools.demo --out $(DEMO_DIR)
 
 test: setup
+	$(VENV)/bin/ruff check -q .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: setup

@@ -114,8 +114,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("src", help="source directory")
     p.add_argument("--out", required=True, help="output directory (created; must be empty "
                    "unless --overwrite)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="source format; detected when omitted")
+    # Not argparse `choices`: a wrong name gets one clear line from open_source.
+    p.add_argument("--format", default=None,
+                   help=f"source format, one of {', '.join(FORMATS)}; detected when omitted")
     p.add_argument("--split", default=None,
                    help="split to convert: train/test (CIFAR, ImageFolder sub-folder), "
                         "train/test/unlabeled (STL-10); default train, or the whole "

@@ -49,6 +49,7 @@ class StagedOutput:
         return [p.name for p in self.out.iterdir() if not p.name.startswith(PARTIAL_PREFIX)]
 
     def __enter__(self) -> Path:
+        self.created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         # Leftovers of killed runs are never final outputs: clear them.
         for stale in self.out.glob(PARTIAL_PREFIX + "*"):
@@ -63,8 +64,8 @@ class StagedOutput:
         # Success commits explicitly; any exit that reaches here unstaged is an abort.
         if self.stage is not None and self.stage.exists():
             shutil.rmtree(self.stage, ignore_errors=True)
-        if exc_type is None and self.out.exists() and not any(self.out.iterdir()):
-            self.out.rmdir()
+        if self.created and self.out.exists() and not any(self.out.iterdir()):
+            self.out.rmdir()  # a failed run leaves no trace of itself
 
     def commit(self, last: str | None = None) -> None:
         """Move every staged entry into OUT; ``last`` (e.g. the manifest) goes last."""

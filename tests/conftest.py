@@ -1,0 +1,30 @@
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
+HAVE_FFCV = importlib.util.find_spec("ffcv") is not None
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("dali") and not HAVE_DALI:
+        pytest.skip("nvidia-dali is not installed")
+    if item.get_closest_marker("ffcv") and not HAVE_FFCV:
+        pytest.skip("ffcv is not installed")
+    if item.get_closest_marker("gpu"):
+        import torch
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+
+
+def run_tool(module: str, *args: str):
+    """Run `python -m module args` as a user would; returns CompletedProcess."""
+    import subprocess
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
