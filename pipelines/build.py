@@ -1,0 +1,76 @@
+"""build_loader(cfg): one entry point for every backend, same Batch out.
+
+Backends: ``dali-gpu``, ``dali-cpu``, ``ffcv``, ``torchvision``; ``auto`` picks
+dali-gpu on a GPU, else dali-cpu, else ffcv, else torchvision, by what is
+installed. Each loader iterates one epoch per ``iter()``; the caller sets the
+epoch first (``loader.set_epoch(e)``), so epochs are never skipped or repeated
+and a resumed run replays exactly. Last partial batch: dropped when
+``drop_last`` (the training default), else yielded smaller (see epochs.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from pipelines.recipe import preset
+
+BACKENDS = ("dali-gpu", "dali-cpu", "ffcv", "torchvision")
+
+
+@dataclass
+class LoaderConfig:
+    data: str                  # a converted dataset folder (manifest.json, records/, data.beton)
+    backend: str = "auto"
+    preset: str = "augself"
+    size: int = 224            # output side of the large views
+    small_size: int | None = None  # multi-crop small views (swav)
+    batch_size: int = 256
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = True
+    rank: int = 0
+    world: int = 1
+    workers: int = 2           # DataLoader workers / DALI threads / FFCV threads
+    device: str | None = None  # default: cuda for dali-gpu or when available, else cpu
+    keep_raw: bool = False     # keep uint8 views before normalising (show_views, tests)
+
+
+def available() -> list[str]:
+    have_dali = importlib.util.find_spec("nvidia") is not None and \
+        importlib.util.find_spec("nvidia.dali") is not None
+    out = []
+    if have_dali and torch.cuda.is_available():
+        out.append("dali-gpu")
+    if have_dali:
+        out.append("dali-cpu")
+    if importlib.util.find_spec("ffcv") is not None:
+        out.append("ffcv")
+    out.append("torchvision")
+    return out
+
+
+def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
+    backend = available()[0] if cfg.backend == "auto" else cfg.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+                         "or auto")
+    if backend not in available():
+        raise RuntimeError(f"backend {backend!r} is not available here (have: "
+                           f"{', '.join(available())})")
+    recipe = preset(cfg.preset, cfg.size, cfg.small_size)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,
+                  drop_last=cfg.drop_last, rank=cfg.rank, world=cfg.world, dtype=dtype,
+                  keep_raw=cfg.keep_raw)
+    if backend.startswith("dali"):
+        from pipelines.loader_dali import DaliLoader
+        return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,
+                          device=device, **common)
+    if backend == "ffcv":
+        from pipelines.loader_ffcv import FfcvLoader
+        return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device, **common)
+    from pipelines.loader_torchvision import TorchvisionLoader
+    return TorchvisionLoader(cfg.data, recipe, workers=cfg.workers, device=device, **common)

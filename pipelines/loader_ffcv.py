@@ -1,0 +1,175 @@
+"""FFCV backend: the stock Loader over data.beton with one custom operation that
+decodes each image once, samples V crop boxes (torchvision's RandomResizedCrop
+algorithm, pipelines/sampling.py) and resizes each into its slot, writing the
+boxes to a side output as it crops. Flip, colour, blur and solarize are drawn
+and applied batched in torch on the device (pipelines/batch.py).
+
+Reproducibility: every box is a function of (seed, epoch, sample index, view)
+through the counter RNG, never of numba's thread scheduling. The epoch reaches
+the compiled code through a one-element array read by address (numba freezes
+captured arrays as constants at compile time, so a plain closure would see the
+first epoch forever).
+
+Resize: FFCV's own ``resize_crop`` (OpenCV INTER_AREA), not bilinear with
+antialias as torchvision: the tolerance in the tests says how far apart.
+Sharding: the epoch order is pipelines/epochs.py's, installed as the Loader's
+traversal order, so FFCV, DALI and torchvision split data identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from pipelines import counter_rng
+from pipelines.batch import finish
+from pipelines.epochs import EpochPlan
+from pipelines.sampling import crop_args, make_crop_box
+
+
+@intrinsic
+def _address_as_pointer(typingctx, addr):
+    sig = nbtypes.voidptr(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+def _multiview_op_class():
+    """Defined lazily so that importing pipelines/ never requires ffcv."""
+    from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+
+    class MultiViewCrop(SimpleRGBImageDecoder):
+        """image field -> (crops uint8 (V, S*S*3) per sample, boxes float32 (V, 4)).
+        A subclass of the field's decoder class: FFCV accepts only that as the
+        first operation of an image pipeline."""
+
+        def __init__(self, recipe, seed: int, epoch_cell: np.ndarray):
+            super().__init__()
+            self.recipe, self.seed, self.epoch_cell = recipe, seed, epoch_cell
+            self.smax = max(v.size for v in recipe.views)
+
+        def declare_state_and_memory(self, previous_state):
+            max_w = np.uint64(self.metadata["width"].max())
+            max_h = np.uint64(self.metadata["height"].max())
+            V = self.recipe.num_views
+            return (replace(previous_state, jit_mode=True, shape=(V, self.smax ** 2 * 3),
+                            dtype=np.dtype("u1")),
+                    (AllocationQuery((V, self.smax ** 2 * 3), np.dtype("u1")),
+                     AllocationQuery((V, 4), np.dtype("f4")),
+                     AllocationQuery((max_h * max_w * np.uint64(3),), np.dtype("u1"))))
+
+        def generate_code(self):
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c = Compiler.compile(imdecode)
+            resize_crop_c = Compiler.compile(resize_crop)
+            crop_box_c = Compiler.compile(make_crop_box(numba.njit(counter_rng.uniform_np)))
+            args = np.array([crop_args(v) for v in self.recipe.views], dtype=np.float64)
+            sizes = np.array([v.size for v in self.recipe.views], dtype=np.int64)
+            n_views, seed = self.recipe.num_views, self.seed
+            epoch_addr = self.epoch_cell.ctypes.data
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                crops, boxes, temp = my_storage
+                epoch = numba.carray(_address_as_pointer(epoch_addr), (1,), np.int64)[0]
+                for dst in my_range(len(batch_indices)):
+                    src_ix = batch_indices[dst]
+                    field = metadata[src_ix]
+                    data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        buf = temp[dst]
+                        imdecode_c(data, buf, height, width, height, width, 0, 0, 1, 1,
+                                   False, False)
+                        image = buf.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    else:
+                        image = data.reshape(height, width, 3)
+                    for v in range(n_views):
+                        top, left, h, w = crop_box_c(int(height), int(width), args[v, 0],
+                                                     args[v, 1], args[v, 2], args[v, 3],
+                                                     seed, epoch, src_ix, v)
+                        s = sizes[v]
+                        out = crops[dst, v, :s * s * 3].reshape(s, s, 3)
+                        resize_crop_c(image, top, top + h, left, left + w, out)
+                        boxes[dst, v, 0] = top / height
+                        boxes[dst, v, 1] = left / width
+                        boxes[dst, v, 2] = h / height
+                        boxes[dst, v, 3] = w / width
+                n = len(batch_indices)
+                return crops[:n], boxes[:n]
+
+            decode.is_parallel = True
+            return decode
+
+    return MultiViewCrop
+
+
+class _PlanOrder:
+    """Stands in for FFCV's traversal order: our EpochPlan's order."""
+
+    def __init__(self, plan: EpochPlan):
+        self.plan = plan
+
+    def sample_order(self, epoch: int):
+        return np.array(self.plan.order(epoch), dtype=np.int64)
+
+
+class FfcvLoader:
+    """One epoch of Batches per iteration; call set_epoch(e) before each."""
+
+    def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
+                 device="cpu", dtype=torch.float32, keep_raw: bool = False):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.loader import Loader, OrderOption
+
+        path = Path(data_dir) / "data.beton"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
+        self.epoch_cell = np.zeros(1, dtype=np.int64)
+        op = _multiview_op_class()(recipe, seed, self.epoch_cell)
+        self.loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
+                             order=OrderOption.SEQUENTIAL, drop_last=drop_last,
+                             pipelines={"image": [op], "label": [IntDecoder()],
+                                        "index": [IntDecoder()]})
+        n = len(self.loader.indices)
+        self.plan = EpochPlan(n, batch_size, seed, shuffle, drop_last, rank, world)
+        self.loader.traversal_order = _PlanOrder(self.plan)
+        self.loader.first_traversal_order = self.loader.next_traversal_order()
+        self.recipe, self.seed = recipe, seed
+        self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.plan.num_batches
+
+    def __iter__(self):
+        self.epoch_cell[0] = self.epoch
+        self.loader.next_epoch = self.epoch
+        for (crops, boxes), labels, index in self.loader:
+            crops = torch.as_tensor(np.asarray(crops))
+            views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
+                     for v, vr in enumerate(self.recipe.views)]
+            # The Loader reuses its buffers: copy out before the next batch is produced.
+            views = [x.clone() for x in views]
+            yield finish(views, torch.as_tensor(np.array(boxes)),
+                         torch.as_tensor(np.array(labels)).reshape(-1),
+                         torch.as_tensor(np.array(index)).reshape(-1), self.recipe, self.seed,
+                         self.epoch, self.device, self.dtype, self.keep_raw)

@@ -1,0 +1,52 @@
+"""The parameter schema: the one place that says which fields every view carries.
+
+Every field is float32, shape (B, V, width) in a Batch (../shared/DESIGN.md):
+
+    crop      4  (y0, x0, h, w) of the crop box in the source image, y0 and h
+                 divided by the source height, x0 and w by its width; in [0, 1]
+    flip      1  1.0 when the view was flipped left-right after the crop
+    color     4  (brightness, contrast, saturation, hue): torchvision units, the
+                 first three multiplicative factors, hue a fraction of a turn
+    gray      1  1.0 when converted to grayscale
+    blur      1  Gaussian sigma in output pixels; 0 when not applied
+    solarize  1  1.0 when solarized (threshold 0.5 of the range)
+
+A view whose colour jitter was skipped reports the identity (1, 1, 1, 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+FIELDS: dict[str, int] = {"crop": 4, "flip": 1, "color": 4, "gray": 1, "blur": 1, "solarize": 1}
+
+IDENTITY: dict[str, tuple[float, ...]] = {
+    "crop": (0.0, 0.0, 1.0, 1.0),
+    "flip": (0.0,),
+    "color": (1.0, 1.0, 1.0, 0.0),
+    "gray": (0.0,),
+    "blur": (0.0,),
+    "solarize": (0.0,),
+}
+
+
+def identity(batch: int, views: int, device=None) -> dict[str, torch.Tensor]:
+    """Parameters of views left untouched, (B, V, width) each."""
+    return {k: torch.tensor(v, dtype=torch.float32, device=device).expand(batch, views, -1).clone()
+            for k, v in IDENTITY.items()}
+
+
+def check(params: dict[str, torch.Tensor], batch: int, views: int) -> None:
+    """Raise ValueError unless ``params`` follows the schema exactly."""
+    if set(params) != set(FIELDS):
+        raise ValueError(f"parameter fields {sorted(params)} != schema {sorted(FIELDS)}")
+    for k, width in FIELDS.items():
+        t = params[k]
+        if t.dtype != torch.float32 or tuple(t.shape) != (batch, views, width):
+            raise ValueError(f"params[{k!r}]: {t.dtype} {tuple(t.shape)}, expected float32 "
+                             f"{(batch, views, width)}")
+
+
+def view(params: dict[str, torch.Tensor], b: int, v: int) -> dict[str, torch.Tensor]:
+    """The parameters of one view (sample b, view v): field -> (width,)."""
+    return {k: t[b, v] for k, t in params.items()}

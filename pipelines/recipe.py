@@ -1,0 +1,93 @@
+"""Augmentation recipes as data: one ViewRecipe per view, presets from the papers.
+
+Order of operations is fixed (DESIGN.md): crop -> resize -> flip -> brightness ->
+contrast -> saturation -> hue -> grayscale -> blur -> solarize -> normalise.
+torchvision's ColorJitter draws a random order of the four colour ops; we do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    size: int = 224                       # output side, pixels (square views)
+    scale: tuple[float, float] = (0.2, 1.0)   # crop area fraction range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect (w/h) range, log-uniform
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # b, c, s strengths; hue
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in output pixels
+    solarize_p: float = 0.0
+
+    def color_ranges(self) -> list[tuple[float, float]]:
+        """torchvision's ranges: factors in [max(0, 1-s), 1+s], hue in [-h, h]."""
+        b, c, s, h = self.jitter
+        return [(max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c),
+                (max(0.0, 1 - s), 1 + s), (-h, h)]
+
+
+def blur_kernel_size(sigma: float) -> int:
+    """Odd window covering +-3 sigma: 2*ceil(3*sigma)+1 (sigma 2 -> 13 pixels)."""
+    return 2 * math.ceil(3 * sigma) + 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    views: tuple[ViewRecipe, ...]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+
+def _augself(size: int, small: int) -> Recipe:
+    # AugSelf (Lee et al. 2021), STL-10 / ImageNet-100 setting.
+    v = ViewRecipe(size=size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8,
+                   gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0))
+    return Recipe("augself", (v, v))
+
+
+def _simclr(size: int, small: int) -> Recipe:
+    # SimCLR (Chen et al. 2020): strength-1 jitter (0.8, 0.8, 0.8, 0.2), blur p 0.5.
+    v = ViewRecipe(size=size, scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8,
+                   gray_p=0.2, blur_p=0.5)
+    return Recipe("simclr", (v, v))
+
+
+def _byol(size: int, small: int) -> Recipe:
+    # BYOL (Grill et al. 2020, Table 6): asymmetric blur (1.0 / 0.1) and solarize (0 / 0.2).
+    v1 = ViewRecipe(size=size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8,
+                    gray_p=0.2, blur_p=1.0, solarize_p=0.0)
+    return Recipe("byol", (v1, replace(v1, blur_p=0.1, solarize_p=0.2)))
+
+
+def _swav(size: int, small: int) -> Recipe:
+    # SwAV (Caron et al. 2020) multi-crop: 2 x 224 at (0.14, 1), 6 x 96 at (0.05, 0.14).
+    big = ViewRecipe(size=size, scale=(0.14, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8,
+                     gray_p=0.2, blur_p=0.5)
+    little = replace(big, size=small, scale=(0.05, 0.14))
+    return Recipe("swav", (big, big) + (little,) * 6)
+
+
+PRESETS = {"augself": _augself, "simclr": _simclr, "byol": _byol, "swav": _swav}
+
+
+def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
+    """A preset at output side ``size`` (multi-crop small views at ``small_size``,
+    default 96/224 of ``size``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    small = small_size or max(8, round(size * 96 / 224))
+    return PRESETS[name](size, small)

@@ -1,0 +1,96 @@
+"""Draw the parameters of each view from its ViewRecipe with the counter RNG.
+
+``crop_box`` is torchvision's RandomResizedCrop.get_params, step for step
+(10 attempts of area fraction ~ U(scale) and log aspect ~ U(log ratio), rounded
+sides, uniform integer position, centre-crop fallback), with counter uniforms
+instead of torch's global generator. It is plain numpy-scalar code so that the
+FFCV op compiles it with numba as it is.
+
+``sample_rest`` draws flip, colour, grayscale, blur and solarize for a batch in
+torch; every backend calls it, so they agree on those draws by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pipelines import counter_rng as cr
+from pipelines.recipe import ViewRecipe
+
+
+def make_crop_box(uniform):
+    """crop_box over a given counter uniform (numpy, or its numba-compiled twin)."""
+
+    def crop_box(height, width, scale_lo, scale_hi, logr_lo, logr_hi, seed, epoch, index, view):
+        """(top, left, h, w) in source pixels, as torchvision draws it."""
+        area = height * width
+        for k in range(cr.CROP_ATTEMPTS):
+            s = scale_lo + (scale_hi - scale_lo) * uniform(seed, epoch, index, view, 2 * k)
+            logr = logr_lo + (logr_hi - logr_lo) * uniform(seed, epoch, index, view, 2 * k + 1)
+            target = area * s
+            ar = math.exp(logr)
+            w = int(round(math.sqrt(target * ar)))
+            h = int(round(math.sqrt(target / ar)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(uniform(seed, epoch, index, view, cr.SLOT_POS_Y) * (height - h + 1))
+                left = int(uniform(seed, epoch, index, view, cr.SLOT_POS_X) * (width - w + 1))
+                return top, left, h, w
+        in_ratio = width / height
+        rmin, rmax = math.exp(logr_lo), math.exp(logr_hi)
+        if in_ratio < rmin:
+            w = width
+            h = int(round(w / rmin))
+        elif in_ratio > rmax:
+            h = height
+            w = int(round(h * rmax))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    return crop_box
+
+
+crop_box = make_crop_box(cr.uniform_np)
+
+
+def crop_args(v: ViewRecipe) -> tuple[float, float, float, float]:
+    return v.scale[0], v.scale[1], math.log(v.ratio[0]), math.log(v.ratio[1])
+
+
+def crop_params(box, height: int, width: int) -> np.ndarray:
+    """Pixel box -> schema crop field (y0/H, x0/W, h/H, w/W)."""
+    top, left, h, w = box
+    return np.array([top / height, left / width, h / height, w / width], dtype=np.float32)
+
+
+def sample_rest(recipe_view: ViewRecipe, seed: int, epoch: int, index: torch.Tensor,
+                view: int) -> dict[str, torch.Tensor]:
+    """flip, color, gray, blur, solarize for samples ``index`` (B,) of view ``view``:
+    field -> float32 (B, width), on index's device."""
+
+    def u(slot):
+        return cr.uniform_torch(seed, epoch, index, view, slot)
+
+    def coin(slot, p):
+        return (u(slot) < p).to(torch.float32)
+
+    r = recipe_view
+    apply = coin(cr.SLOT_JITTER, r.jitter_p)
+    color = []
+    for k, (lo, hi) in enumerate(r.color_ranges()):
+        draw = lo + (hi - lo) * u(cr.SLOT_COLOR + k)
+        ident = 0.0 if k == 3 else 1.0
+        color.append(torch.where(apply > 0, draw, torch.full_like(draw, ident)))
+    blur_on = coin(cr.SLOT_BLUR, r.blur_p)
+    lo, hi = r.blur_sigma
+    sigma = (lo + (hi - lo) * u(cr.SLOT_SIGMA)) * blur_on
+    return {
+        "flip": coin(cr.SLOT_FLIP, r.flip_p)[:, None],
+        "color": torch.stack(color, dim=1),
+        "gray": coin(cr.SLOT_GRAY, r.gray_p)[:, None],
+        "blur": sigma[:, None],
+        "solarize": coin(cr.SLOT_SOLARIZE, r.solarize_p)[:, None],
+    }
