@@ -33,8 +33,8 @@ ATTEMPTS = 10
 
 def _sample_box(shape, vr):
     """shape: float (H, W, C) per sample -> float (top, left, h, w) in pixels."""
-    from nvidia.dali import fn, types
     import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
 
     H, W = shape[0], shape[1]
     area = H * W

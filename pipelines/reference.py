@@ -56,6 +56,6 @@ def render(source: np.ndarray | torch.Tensor, params: dict[str, torch.Tensor],
            recipe: ViewRecipe) -> np.ndarray:
     """source: uint8 (H, W, 3); params: field -> (width,) for one view.
     Returns the view as uint8 (size, size, 3)."""
-    src = torch.as_tensor(np.asarray(source)).permute(2, 0, 1).float() / 255.0
+    src = torch.as_tensor(np.array(source)).permute(2, 0, 1).float() / 255.0
     x = photometric(crop_resize(src, params["crop"], recipe.size), params)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

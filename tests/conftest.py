@@ -28,3 +28,27 @@ def run_tool(module: str, *args: str):
     import subprocess
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """200 synthetic 160x120 images converted with a raw .beton (so every backend
+    decodes the same pixels as PIL does from the records)."""
+    from tools import convert_dataset, make_synthetic
+
+    root = tmp_path_factory.mktemp("small")
+    make_synthetic.generate(root / "images", (160, 120), 200, 0, seed=5, quiet=True)
+    rc = convert_dataset.main([str(root / "images"), "--split", "train", "--out",
+                               str(root / "conv"), "--write-mode", "raw", "--quiet",
+                               "--shard-size", "64"])
+    assert rc == 0
+    return root / "conv"
+
+
+def backends_here() -> list[str]:
+    out = []
+    if HAVE_DALI:
+        out.append("dali-cpu")
+    if HAVE_FFCV:
+        out.append("ffcv")
+    return out + ["torchvision"]

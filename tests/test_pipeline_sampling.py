@@ -1,0 +1,170 @@
+"""Parameter distributions, rates, reproducibility, sharding and decode-once."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import backends_here
+from scipy import stats
+from torchvision.transforms import v2
+
+from pipelines.build import LoaderConfig, build_loader
+from pipelines.recipe import preset
+from pipelines.sampling import crop_args, crop_box, sample_rest
+
+N_DRAWS = 4000
+
+
+def _tv_boxes(h, w, vr, n):
+    torch.manual_seed(0)
+    img = torch.zeros(3, h, w)
+    return np.array([v2.RandomResizedCrop.get_params(img, list(vr.scale), list(vr.ratio))
+                     for _ in range(n)])
+
+
+def _area_logratio(boxes, h, w):
+    boxes = np.asarray(boxes, dtype=float)
+    return boxes[:, 2] * boxes[:, 3] / (h * w), np.log(boxes[:, 3] / boxes[:, 2])
+
+
+@pytest.mark.parametrize("name,hw", [("augself", (375, 500)), ("simclr", (120, 160)),
+                                     ("swav", (375, 500))])
+def test_crop_sampler_matches_torchvision(name, hw):
+    h, w = hw
+    for v, vr in enumerate(preset(name).views[:3]):
+        ours = [crop_box(h, w, *crop_args(vr), 0, 0, i, v) for i in range(N_DRAWS)]
+        a1, r1 = _area_logratio(ours, h, w)
+        a2, r2 = _area_logratio(_tv_boxes(h, w, vr, N_DRAWS), h, w)
+        assert stats.ks_2samp(a1, a2).pvalue > 1e-3
+        assert stats.ks_2samp(r1, r2).pvalue > 1e-3
+        tops = np.array([b[0] / max(1, h - b[2]) for b in ours if b[2] < h - 20])
+        assert stats.kstest(tops, "uniform").pvalue > 1e-3  # position uniform
+
+
+def _rate_ok(flags, p):
+    n = len(flags)
+    return abs(flags.mean() - p) <= 3 * math.sqrt(max(p * (1 - p), 1e-12) / n) + 1e-12
+
+
+def test_rates_and_uniform_factors():
+    idx = torch.arange(N_DRAWS)
+    for vr in preset("byol").views:
+        p = sample_rest(vr, 7, 3, idx, 1)
+        jittered = (p["color"] != torch.tensor([1.0, 1, 1, 0])).any(dim=1)
+        assert _rate_ok(p["flip"][:, 0].numpy(), vr.flip_p)
+        assert _rate_ok(jittered.float().numpy(), vr.jitter_p)
+        assert _rate_ok(p["gray"][:, 0].numpy(), vr.gray_p)
+        assert _rate_ok((p["blur"][:, 0] > 0).float().numpy(), vr.blur_p)
+        assert _rate_ok(p["solarize"][:, 0].numpy(), vr.solarize_p)
+        for k, (lo, hi) in enumerate(vr.color_ranges()):
+            x = p["color"][jittered, k].numpy()
+            assert stats.kstest(x, "uniform", args=(lo, hi - lo)).pvalue > 1e-3
+        lo, hi = vr.blur_sigma
+        s = p["blur"][p["blur"][:, 0] > 0, 0].numpy()
+        assert stats.kstest(s, "uniform", args=(lo, hi - lo)).pvalue > 1e-3
+        # Skipped jitter reports exactly the identity.
+        assert torch.equal(p["color"][~jittered], torch.tensor([[1.0, 1, 1, 0]]).expand(
+            int((~jittered).sum()), 4))
+
+
+def _epoch(loader, epoch):
+    loader.set_epoch(epoch)
+    batches = list(loader)
+    index = torch.cat([b.index for b in batches])
+    params = {k: torch.cat([b.params[k] for b in batches]) for k in batches[0].params}
+    raw = torch.cat([b.raw[0] for b in batches]) if batches[0].raw else None
+    return index, params, raw
+
+
+def _cfg(data, backend, **kw):
+    base = dict(data=str(data), backend=backend, preset="augself", size=32, batch_size=25,
+                workers=2, keep_raw=True)
+    return LoaderConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("backend", backends_here())
+def test_loader_crops_follow_torchvision_and_differ_across_views_and_epochs(small_dataset,
+                                                                           backend):
+    loader = build_loader(_cfg(small_dataset, backend))
+    crops = []
+    first = None
+    for e in range(5):  # 200 images x 2 views x 5 epochs = 2000 draws
+        index, params, _ = _epoch(loader, e)
+        order = torch.argsort(index)
+        crops.append(params["crop"][order].reshape(-1, 4).numpy())
+        views_differ = (params["crop"][:, 0] != params["crop"][:, 1]).any(dim=1).float().mean()
+        assert views_differ > 0.99
+        if first is None:
+            first = params["crop"][order]
+        else:
+            assert (first != params["crop"][order]).any(dim=-1).float().mean() > 0.99
+    crops = np.concatenate(crops)
+    assert len(crops) == 2000
+    h, w = 120, 160
+    boxes = np.stack([crops[:, 0] * h, crops[:, 1] * w, crops[:, 2] * h, crops[:, 3] * w], 1)
+    assert np.allclose(boxes, boxes.round(), atol=1e-3)  # whole-pixel boxes, in range
+    assert (crops >= 0).all() and (crops[:, 0] + crops[:, 2] <= 1 + 1e-6).all()
+    a1, r1 = _area_logratio(boxes.round(), h, w)
+    a2, r2 = _area_logratio(_tv_boxes(h, w, preset("augself").views[0], 2000), h, w)
+    assert stats.ks_2samp(a1, a2).pvalue > 1e-3
+    assert stats.ks_2samp(r1, r2).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("backend", backends_here())
+def test_same_seed_same_output_other_seed_differs(small_dataset, backend):
+    runs = []
+    for seed in (3, 3, 4):
+        loader = build_loader(_cfg(small_dataset, backend, seed=seed))
+        runs.append(_epoch(loader, 1))
+    (i1, p1, x1), (i2, p2, x2), (i3, p3, x3) = runs
+    assert torch.equal(i1, i2) and torch.equal(x1, x2)
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+    assert not torch.equal(p1["crop"], p3["crop"]) and not torch.equal(x1, x3)
+
+
+@pytest.mark.parametrize("backend", backends_here())
+def test_two_shards_cover_every_index_once(small_dataset, backend):
+    seen = []
+    for rank in (0, 1):
+        loader = build_loader(_cfg(small_dataset, backend, rank=rank, world=2, drop_last=False,
+                                   batch_size=32))
+        index, _, _ = _epoch(loader, 2)
+        assert len(loader) == 4  # 100 per shard: 3 full batches + one of 4
+        seen.append(index)
+    allidx = torch.cat(seen).sort().values
+    assert torch.equal(allidx, torch.arange(200))
+
+
+@pytest.mark.dali
+def test_dali_graph_decodes_once_whatever_the_views(small_dataset):
+    """The built graph holds one decoder node for 2 or 8 views (swav): the V
+    resizes read the same decoded image."""
+    from collections import Counter
+
+    from pipelines.loader_dali import build_pipeline
+    from pipelines.records import Records
+
+    rec = Records(small_dataset)
+    for name, views in (("augself", 2), ("swav", 8)):
+        recipe = preset(name, 32, 16)
+        assert recipe.num_views == views
+        pipe = build_pipeline(rec.tars, rec.idxs, recipe, 4, 0, False, 0, 1, None, 1)
+        kinds = Counter(type(op._op).__name__ for op in pipe._ops)
+        assert kinds["Image"] == 1 and kinds["Resize"] == views, kinds
+        del pipe
+
+
+def test_torchvision_worker_decodes_once(small_dataset, monkeypatch):
+    import PIL.Image
+
+    from pipelines import loader_torchvision
+
+    calls = []
+    real = PIL.Image.open
+    monkeypatch.setattr(loader_torchvision.Image, "open", lambda *a, **k: calls.append(1)
+                        or real(*a, **k))
+    loader = build_loader(_cfg(small_dataset, "torchvision", preset="swav", workers=0,
+                               batch_size=8))
+    batch = next(iter(loader))
+    assert len(batch.views) == 8 and len(calls) == 8  # 8 images, 8 views each, 8 decodes
