@@ -36,6 +36,7 @@ class LoaderConfig:
     workers: int = 2           # DataLoader workers / DALI threads / FFCV threads
     device: str | None = None  # default: cuda for dali-gpu or when available, else cpu
     keep_raw: bool = False     # keep uint8 views before normalising (show_views, tests)
+    compile: bool = False      # torch.compile the batched photometric stage (dali, ffcv)
 
 
 def available() -> list[str]:
@@ -68,9 +69,10 @@ def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
     if backend.startswith("dali"):
         from pipelines.loader_dali import DaliLoader
         return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,
-                          device=device, **common)
+                          device=device, compile=cfg.compile, **common)
     if backend == "ffcv":
         from pipelines.loader_ffcv import FfcvLoader
-        return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device, **common)
+        return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device,
+                          compile=cfg.compile, **common)
     from pipelines.loader_torchvision import TorchvisionLoader
     return TorchvisionLoader(cfg.data, recipe, workers=cfg.workers, device=device, **common)

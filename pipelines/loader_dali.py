@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from pipelines.batch import finish
+from pipelines.batch import compiled_apply, finish
 from pipelines.epochs import EpochPlan
 from pipelines.records import Records
 
@@ -116,7 +116,8 @@ class DaliLoader:
 
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
-                 threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False):
+                 threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
+                 compile: bool = False):
         records = Records(data_dir)
         self.tars, self.idxs = records.tars, records.idxs
         self.plan = EpochPlan(len(records), batch_size, seed, shuffle, drop_last, rank, world)
@@ -126,6 +127,7 @@ class DaliLoader:
         self.device_id = torch.cuda.current_device() if gpu else None
         self.device = torch.device(device or ("cuda" if gpu else "cpu"))
         self.dtype, self.keep_raw = dtype, keep_raw
+        self.apply = compiled_apply(compile)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -151,6 +153,7 @@ class DaliLoader:
                 boxes = torch.stack([_to_torch(out[2 + 2 * v], torch.device("cpu"))[:n]
                                      for v in range(self.recipe.num_views)], dim=1)
                 yield finish(crops, boxes, meta[:, 0], meta[:, 1], self.recipe, self.seed,
-                             self.epoch, self.device, self.dtype, self.keep_raw)
+                             self.epoch, self.device, self.dtype, self.keep_raw,
+                         apply=self.apply)
         finally:
             del pipe

@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from pipelines import counter_rng
-from pipelines.batch import finish
+from pipelines.batch import compiled_apply, finish
 from pipelines.epochs import EpochPlan
 from pipelines.sampling import crop_args, make_crop_box
 
@@ -133,7 +133,8 @@ class FfcvLoader:
 
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
-                 device="cpu", dtype=torch.float32, keep_raw: bool = False):
+                 device="cpu", dtype=torch.float32, keep_raw: bool = False,
+                 compile: bool = False):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
 
@@ -152,6 +153,7 @@ class FfcvLoader:
         self.loader.first_traversal_order = self.loader.next_traversal_order()
         self.recipe, self.seed = recipe, seed
         self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw
+        self.apply = compiled_apply(compile)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -172,4 +174,5 @@ class FfcvLoader:
             yield finish(views, torch.as_tensor(np.array(boxes)),
                          torch.as_tensor(np.array(labels)).reshape(-1),
                          torch.as_tensor(np.array(index)).reshape(-1), self.recipe, self.seed,
-                         self.epoch, self.device, self.dtype, self.keep_raw)
+                         self.epoch, self.device, self.dtype, self.keep_raw,
+                         apply=self.apply)

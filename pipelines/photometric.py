@@ -40,33 +40,28 @@ def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tenso
 def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """RGB -> HSV, hue += shift (fraction of a turn), -> RGB, per image."""
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    v = maxc
-    delta = maxc - minc
-    eq = maxc == minc
-    s = delta / torch.where(eq, torch.ones_like(maxc), maxc)
-    d = torch.where(eq, torch.ones_like(delta), delta)
-    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    h = torch.where(maxc == r, bc - gc,
-                    torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(eq, torch.zeros_like(h), h)
+    # amax/amin, not max/min(dim): the latter also compute indices, ~10x slower on CPU.
+    v = x.amax(dim=1)
+    minc = x.amin(dim=1)
+    delta = v - minc
+    eq = delta == 0
+    s = delta / v.clamp_min(1e-12)          # 0 where v == 0 (then delta == 0 too)
+    d = delta + eq.to(x.dtype)              # 1 where grey, as torchvision does
+    rc, gc, bc = (v - r) / d, (v - g) / d, (v - b) / d
+    is_r = v == r
+    is_g = (v == g) & ~is_r
+    h = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = h.masked_fill_(eq, 0.0)
     h = torch.fmod(h / 6.0 + 1.0, 1.0)
     h = torch.remainder(h + shift.reshape(-1, 1, 1), 1.0)
-    # HSV -> RGB
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    choices = torch.stack([torch.stack(c, 0) for c in
-                           ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 0)
-    # choices: (6, 3, N, H, W); pick per pixel by sector i.
-    idx = i.unsqueeze(0).unsqueeze(0).expand(1, 3, *i.shape)
-    out = torch.gather(choices, 0, idx)[0]
-    return out.permute(1, 0, 2, 3)
+    # HSV -> RGB in closed form: channel n in (5, 3, 1) for (R, G, B) is
+    # v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6; the same
+    # values as the six-sector table, without building and gathering from it.
+    h6 = (h * 6.0).unsqueeze(1)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + h6, 6.0)
+    f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (v.unsqueeze(1) * (1.0 - s.unsqueeze(1) * f)).clamp_(0.0, 1.0)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:

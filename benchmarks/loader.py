@@ -1,0 +1,114 @@
+"""Loader throughput: images/s, each image giving 2 views with all parameters
+(preset augself), at 96 px and 224 px output, for every backend available, next
+to the torchvision baseline, measured side by side in one run.
+
+    python -m benchmarks.loader [--n-images 1024] [--batch 64] [--repeats 3]
+
+Source: large JPEGs (500x375) made by tools/make_synthetic.py and converted
+with the default options (.beton jpg, records with the original JPEG bytes).
+Each repeat times every (size, backend) once, in turn, after a warm-up batch
+(which absorbs compilation and worker start-up); the figure is the median over
+repeats of images / wall seconds for --batches-per-run batches, ending in a
+device synchronisation. Results go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.report import environment, write_section
+from pipelines.build import LoaderConfig, available, build_loader
+from tools import convert_dataset, make_synthetic
+
+
+def _time(loader, batches: int) -> float:
+    it = iter(loader)
+    next(it)  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        b = next(it)
+        n += len(b)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    del it
+    return n / dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-images", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batches-per-run", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--backends", default=",".join(available()))
+    ap.add_argument("--sizes", default="96,224")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the photometric stage of dali/ffcv")
+    a = ap.parse_args(argv)
+    backends = a.backends.split(",")
+    sizes = [int(s) for s in a.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        print(f"generating {a.n_images} 500x375 images ...", file=sys.stderr)
+        make_synthetic.generate(tmp / "img", (500, 375), a.n_images, 0, seed=1, quiet=True)
+        convert_dataset.main([str(tmp / "img"), "--split", "train", "--out", str(tmp / "conv"),
+                              "--quiet"])
+        results: dict[tuple[int, str], list[float]] = {}
+        loaders = {}
+        for size in sizes:
+            for be in backends:
+                cfg = LoaderConfig(data=str(tmp / "conv"), backend=be, preset="augself",
+                                   size=size, batch_size=a.batch, workers=a.workers,
+                                   compile=a.compile)
+                loaders[size, be] = build_loader(cfg)
+        for r in range(a.repeats):
+            for size in sizes:
+                for be in backends:
+                    loader = loaders[size, be]
+                    loader.set_epoch(r)
+                    ips = _time(loader, a.batches_per_run)
+                    results.setdefault((size, be), []).append(ips)
+                    print(f"repeat {r} size {size} {be}: {ips:.0f} img/s", file=sys.stderr)
+    lines = ["## Loader throughput (benchmarks/loader.py)", "",
+             f"Images/s, each image decoded once and giving 2 views with every parameter "
+             f"(preset `augself`: crop, flip, colour jitter p 0.8, grayscale 0.2, blur p 0.5), "
+             f"normalised float32 channels_last on the device. Source: {a.n_images} synthetic "
+             f"500x375 JPEGs. Batch {a.batch}, {a.workers} workers/threads, median of "
+             f"{a.repeats} repeats of {a.batches_per_run} batches after a warm-up batch, "
+             "backends interleaved within each repeat. Photometric stage of dali/ffcv "
+             f"{'compiled with torch.compile' if a.compile else 'eager'}.", "",
+             "| view size | " + " | ".join(backends) + " | best / torchvision |",
+             "|---|" + "---|" * (len(backends) + 1)]
+    for size in sizes:
+        med = {be: statistics.median(results[size, be]) for be in backends}
+        base = med.get("torchvision")
+        best = max((m, be) for be, m in med.items() if be != "torchvision") \
+            if len(med) > 1 else (base, "torchvision")
+        ratio = f"{best[0] / base:.2f}x ({best[1]})" if base else "-"
+        lines.append(f"| {size} px | " + " | ".join(f"{med[be]:.0f}" for be in backends)
+                     + f" | {ratio} |")
+    lines += ["", f"Command: `python -m benchmarks.loader --n-images {a.n_images} --batch "
+              f"{a.batch} --repeats {a.repeats}{' --compile' if a.compile else ''}`", "",
+              environment()]
+    body = "\n".join(lines)
+    print(body)
+    if not a.no_write:
+        write_section("loader", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
