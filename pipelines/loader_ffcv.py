@@ -165,14 +165,20 @@ class FfcvLoader:
     def __iter__(self):
         self.epoch_cell[0] = self.epoch
         self.loader.next_epoch = self.epoch
-        for (crops, boxes), labels, index in self.loader:
-            crops = torch.as_tensor(np.asarray(crops))
-            views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
-                     for v, vr in enumerate(self.recipe.views)]
-            # The Loader reuses its buffers: copy out before the next batch is produced.
-            views = [x.clone() for x in views]
-            yield finish(views, torch.as_tensor(np.array(boxes)),
-                         torch.as_tensor(np.array(labels)).reshape(-1),
-                         torch.as_tensor(np.array(index)).reshape(-1), self.recipe, self.seed,
-                         self.epoch, self.device, self.dtype, self.keep_raw,
-                         apply=self.apply)
+        epoch_iter = iter(self.loader)
+        try:
+            for (crops, boxes), labels, index in epoch_iter:
+                crops = torch.as_tensor(np.asarray(crops))
+                views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
+                         for v, vr in enumerate(self.recipe.views)]
+                # The Loader reuses its buffers: copy out before the next batch is produced.
+                views = [x.clone() for x in views]
+                yield finish(views, torch.as_tensor(np.array(boxes)),
+                             torch.as_tensor(np.array(labels)).reshape(-1),
+                             torch.as_tensor(np.array(index)).reshape(-1), self.recipe, self.seed,
+                             self.epoch, self.device, self.dtype, self.keep_raw,
+                             apply=self.apply)
+        finally:
+            # An epoch abandoned early (a break, a test taking one batch) must stop
+            # FFCV's producer thread, or it keeps decoding into released buffers.
+            epoch_iter.close()
