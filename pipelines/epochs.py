@@ -48,3 +48,17 @@ class EpochPlan:
         if self.drop_last:
             mine = mine[: self.num_batches * self.batch_size]
         return mine.tolist()
+
+
+class EpochLoader:
+    """What every backend's loader shares: an explicit epoch and a length from
+    its EpochPlan (subclasses set ``self.plan``; ``__iter__`` is theirs)."""
+
+    epoch = 0
+    plan: EpochPlan
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.plan.num_batches

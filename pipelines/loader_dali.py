@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipelines.batch import compiled_apply, finish
-from pipelines.epochs import EpochPlan
+from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.records import Records
 
 ATTEMPTS = 10
@@ -111,7 +111,7 @@ def _to_torch(tl, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     """One epoch of Batches per iteration; call set_epoch(e) before each."""
 
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -128,13 +128,6 @@ class DaliLoader:
         self.device = torch.device(device or ("cuda" if gpu else "cpu"))
         self.dtype, self.keep_raw = dtype, keep_raw
         self.apply = compiled_apply(compile)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.plan.num_batches
 
     def __iter__(self):
         p = self.plan

@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from pipelines import counter_rng
 from pipelines.batch import compiled_apply, finish
-from pipelines.epochs import EpochPlan
+from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.sampling import crop_args, make_crop_box
 
 
@@ -128,7 +128,7 @@ class _PlanOrder:
         return np.array(self.plan.order(epoch), dtype=np.int64)
 
 
-class FfcvLoader:
+class FfcvLoader(EpochLoader):
     """One epoch of Batches per iteration; call set_epoch(e) before each."""
 
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -154,13 +154,6 @@ class FfcvLoader:
         self.recipe, self.seed = recipe, seed
         self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw
         self.apply = compiled_apply(compile)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.plan.num_batches
 
     def __iter__(self):
         self.epoch_cell[0] = self.epoch

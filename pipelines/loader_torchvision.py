@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines import reference
 from pipelines.batch import finish
-from pipelines.epochs import EpochPlan
+from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.params import FIELDS
 from pipelines.records import Records
 from pipelines.sampling import crop_args, crop_box, crop_params, sample_rest
@@ -54,7 +54,7 @@ def _collate(items):
     return views, params, labels, index
 
 
-class TorchvisionLoader:
+class TorchvisionLoader(EpochLoader):
     """Iterates one epoch of Batches; call set_epoch(e) before each epoch."""
 
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -66,13 +66,6 @@ class TorchvisionLoader:
                               world)
         self.recipe, self.seed, self.workers = recipe, seed, workers
         self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.plan.num_batches
 
     def __iter__(self):
         self.dataset.epoch = self.epoch
