@@ -6,15 +6,11 @@ import io
 
 import numpy as np
 from PIL import Image
+from readback import psnr  # noqa: F401 - re-exported for the pipeline tests
 
 from pipelines import reference
 from pipelines.params import view
 from pipelines.records import Records
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def sources(data_dir) -> dict[int, np.ndarray]:

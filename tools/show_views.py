@@ -55,9 +55,12 @@ def main(argv=None) -> int:
         print(f"show_views: error: {e}", file=sys.stderr)
         return 1
     rec = Records(a.data)
-    pos = {rec[i][2]: i for i in range(len(rec))} if len(rec) < 200000 else None
-    sources = [np.asarray(Image.open(io.BytesIO(rec[pos[int(i)]][0])).convert("RGB"))
-               for i in batch.index]
+    # The converter writes sample i at record position i: read only the N shown.
+    sources = []
+    for i in batch.index.tolist():
+        data, _, stored = rec[i]
+        assert stored == i, f"record {i} holds index {stored}"
+        sources.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     p = {k: t.cpu() for k, t in batch.params.items()}
     V, S = len(batch.raw), a.size
     cell_w, cell_h, text_h = max(S, 180) + 8, S + 4, 52  # captions need ~180 px
