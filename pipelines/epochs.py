@@ -1,9 +1,13 @@
 """Which samples a rank sees in an epoch, and how many batches that makes.
 
 Order: a permutation drawn from (seed, epoch) when shuffling, identity otherwise.
-Sharding: rank r of W takes the contiguous slice [floor(N r / W), floor(N (r+1) / W))
-of that order, the same split DALI's readers make (shard sizes differ by at most
-one; no sample is padded in or repeated). Last partial batch: dropped when
+Sharding: the order is cut into global batches of B x W samples and rank r takes
+the r-th slice of B of each, so W ranks with batch B see at every step exactly
+the samples one process with batch B x W sees (a 2-rank run can equal a
+1-rank run). A last partial global batch (drop_last off) is split as evenly as
+possible. Shard sizes equal the contiguous split [floor(N r / W), floor(N (r+1)
+/ W)) that DALI's readers make, so step counts agree across backends; DALI's
+reader shards contiguously, so only its sizes (not its samples) follow this. Last partial batch: dropped when
 ``drop_last`` (training default: every step sees a full batch), else yielded
 smaller. Epochs are explicit: the loop calls set_epoch(e); nothing carries over.
 """
@@ -43,11 +47,15 @@ class EpochPlan:
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         else:
             perm = np.arange(self.n)
-        lo, hi = shard_range(self.n, self.rank, self.world)
-        mine = perm[lo:hi]
-        if self.drop_last:
-            mine = mine[: self.num_batches * self.batch_size]
-        return mine.tolist()
+        big = self.batch_size * self.world
+        full = self.n // big
+        parts = [perm[: full * big].reshape(full, self.world, self.batch_size)[:, self.rank]
+                 .reshape(-1)]
+        rest = perm[full * big:]
+        if len(rest) and not self.drop_last:
+            lo, hi = shard_range(len(rest), self.rank, self.world)
+            parts.append(rest[lo:hi])
+        return np.concatenate(parts).tolist()
 
 
 class EpochLoader:
@@ -55,10 +63,20 @@ class EpochLoader:
     its EpochPlan (subclasses set ``self.plan``; ``__iter__`` is theirs)."""
 
     epoch = 0
+    skip = 0
     plan: EpochPlan
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The next ``iter()`` yields epoch ``epoch`` from batch ``skip`` on (a
+        resumed run starts mid-epoch; the batches it yields are the same ones)."""
+        if not 0 <= skip <= self.plan.num_batches:
+            raise ValueError(f"skip {skip} outside 0..{self.plan.num_batches}")
+        self.epoch, self.skip = epoch, skip
+
+    def epoch_order(self) -> list[int]:
+        """This rank's sample order for the epoch, from batch ``skip`` on."""
+        return self.plan.order(self.epoch)[self.skip * self.plan.batch_size:]
 
     def __len__(self) -> int:
+        """Batches in a whole epoch (a skip makes the next epoch shorter by ``skip``)."""
         return self.plan.num_batches

@@ -136,7 +136,10 @@ class DaliLoader(EpochLoader):
                               p.rank, p.world, self.device_id, self.threads)
         left = p.shard_size
         try:
-            for _ in range(p.num_batches):
+            for _ in range(self.skip):  # resuming mid-epoch: the reader and the in-graph
+                pipe.run()              # sampler must advance exactly as they did
+                left -= p.batch_size
+            for _ in range(p.num_batches - self.skip):
                 out = pipe.run()
                 n = min(p.batch_size, left)  # the reader pads the last batch: trim
                 left -= n

@@ -121,11 +121,11 @@ def _multiview_op_class():
 class _PlanOrder:
     """Stands in for FFCV's traversal order: our EpochPlan's order."""
 
-    def __init__(self, plan: EpochPlan):
-        self.plan = plan
+    def __init__(self, owner: EpochLoader):
+        self.owner = owner
 
     def sample_order(self, epoch: int):
-        return np.array(self.plan.order(epoch), dtype=np.int64)
+        return np.array(self.owner.epoch_order(), dtype=np.int64)
 
 
 class FfcvLoader(EpochLoader):
@@ -149,7 +149,7 @@ class FfcvLoader(EpochLoader):
                                         "index": [IntDecoder()]})
         n = len(self.loader.indices)
         self.plan = EpochPlan(n, batch_size, seed, shuffle, drop_last, rank, world)
-        self.loader.traversal_order = _PlanOrder(self.plan)
+        self.loader.traversal_order = _PlanOrder(self)
         self.loader.first_traversal_order = self.loader.next_traversal_order()
         self.recipe, self.seed = recipe, seed
         self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw

@@ -69,7 +69,7 @@ class TorchvisionLoader(EpochLoader):
 
     def __iter__(self):
         self.dataset.epoch = self.epoch
-        order = self.plan.order(self.epoch)
+        order = self.epoch_order()
         dl = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.plan.batch_size, sampler=order,
             drop_last=self.plan.drop_last, num_workers=self.workers, collate_fn=_collate,

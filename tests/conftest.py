@@ -52,3 +52,17 @@ def backends_here() -> list[str]:
     if HAVE_FFCV:
         out.append("ffcv")
     return out + ["torchvision"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """256 synthetic 40x40 images, records only: cheap to decode, for trainer tests."""
+    from tools import convert_dataset, make_synthetic
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_synthetic.generate(root / "images", (40, 40), 256, 0, seed=7, quiet=True)
+    rc = convert_dataset.main([str(root / "images"), "--split", "train", "--out",
+                               str(root / "conv"), "--write-mode", "raw", "--quiet",
+                               "--no-beton"])
+    assert rc == 0
+    return root / "conv"

@@ -1,0 +1,108 @@
+"""AugSelf targets computed by hand from the parameters; AugSelf and EquiMod
+losses against naive recomputations."""
+
+import math
+
+import pytest
+import torch
+
+from pipelines.params import identity
+from pipelines.recipe import preset
+from trainer import augself, equimod
+from trainer.augself import AugSelf
+
+
+class B:  # the part of a Batch the auxiliary heads read
+    def __init__(self, params):
+        self.params = params
+
+
+def params_by_hand():
+    """Three samples, two views (augself preset: jitter 0.4/0.4/0.4/0.1, so the
+    ranges are 0.8 wide for b, c, s and 0.2 for hue)."""
+    p = identity(3, 2)
+    # sample 0: view 1 crop (y0 .1, x0 .2, h .5, w .4), view 2 the whole image;
+    #           view 1 jittered (1.2, 0.8, 1.0, +0.05), view 2 jitter skipped.
+    p["crop"][0, 0] = torch.tensor([0.1, 0.2, 0.5, 0.4])
+    p["color"][0, 0] = torch.tensor([1.2, 0.8, 1.0, 0.05])
+    # sample 1: both flipped; view 2 blurred with sigma 1.5; both jittered.
+    p["flip"][1] = 1.0
+    p["blur"][1, 1] = 1.5
+    p["color"][1, 0] = torch.tensor([0.6, 1.4, 1.2, -0.1])
+    p["color"][1, 1] = torch.tensor([1.0, 1.0, 0.6, 0.02])
+    # sample 2: only view 2 flipped, crops (0, 0, 1, .5) and (.25, .5, .5, .5); gray on view 1.
+    p["flip"][2, 1] = 1.0
+    p["crop"][2, 0] = torch.tensor([0.0, 0.0, 1.0, 0.5])
+    p["crop"][2, 1] = torch.tensor([0.25, 0.5, 0.5, 0.5])
+    p["gray"][2, 0] = 1.0
+    return p
+
+
+def test_augself_targets_by_hand():
+    table = augself.rows({"crop": 1, "color": 1, "flip": 1, "blur": 1, "gray": 1})
+    t = augself.targets(table, params_by_hand(), preset("augself", 32))
+    # crop: centre (y0 + h/2, x0 + w/2) and size, view 1 minus view 2.
+    want_crop = torch.tensor([
+        [0.35 - 0.5, 0.4 - 0.5, 0.5 - 1.0, 0.4 - 1.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [0.5 - 0.5, 0.25 - 0.75, 1.0 - 0.5, 0.5 - 0.5]])
+    # color: (f - 1)/0.8 for b, c, s; hue/0.2; a skipped jitter is 0.
+    want_color = torch.tensor([
+        [0.2 / 0.8, -0.2 / 0.8, 0.0, 0.05 / 0.2],
+        [(-0.4 - 0.0) / 0.8, (0.4 - 0.0) / 0.8, (0.2 - -0.4) / 0.8, (-0.1 - 0.02) / 0.2],
+        [0.0, 0.0, 0.0, 0.0]])
+    want_flip = torch.tensor([[1.0], [1.0], [0.0]])     # same-or-not
+    want_blur = torch.tensor([[0.0], [-1.5], [0.0]])
+    want_gray = torch.tensor([[0.0], [0.0], [1.0]])
+    for name, want, sym in [("crop", want_crop, -1), ("color", want_color, -1),
+                            ("flip", want_flip, 1), ("blur", want_blur, -1),
+                            ("gray", want_gray, -1)]:
+        got = t[name]
+        assert got.shape == (6, want.shape[1])
+        torch.testing.assert_close(got[:3], want, atol=1e-6, rtol=0, msg=name)
+        # the (v2, v1) order: differences flip sign, same-or-not does not
+        torch.testing.assert_close(got[3:], sym * want if sym < 0 else want, atol=1e-6,
+                                   rtol=0, msg=name)
+
+
+def test_augself_zero_weight_removes_row_and_loss_matches_naive():
+    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.0})
+    assert [r.field for r in table] == ["crop", "color"]
+    torch.manual_seed(0)
+    recipe = preset("augself", 32)
+    head = AugSelf(8, table, recipe).eval()
+    f1, f2 = torch.randn(3, 8), torch.randn(3, 8)
+    params = params_by_hand()
+    out = head([f1, f2], B(params))
+    want = augself.targets(table, params, recipe)
+    total = 0.0
+    for r in table:
+        pred = torch.stack([head.heads[r.field](torch.cat(pair)[None])[0]
+                            for pair in [(f1[i], f2[i]) for i in range(3)]
+                            + [(f2[i], f1[i]) for i in range(3)]])
+        mse = ((torch.tanh(pred) - want[r.field]) ** 2).mean()
+        total += r.weight * mse.item()
+    assert out["loss"].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_equimod_loss_matches_naive_infonce():
+    torch.manual_seed(0)
+    m = equimod.EquiMod(8, dim=6, hidden=16).eval()
+    f1, f2 = torch.randn(4, 8), torch.randn(4, 8)
+    params = params_by_hand()
+    params = {k: torch.cat([v, v[:1]]) for k, v in params.items()}  # 4 samples
+    got = m([f1, f2], B(params))["loss"].item()
+    y1, y2 = m.projector(f1), m.projector(f2)
+    p1, p2 = equimod.flat_params(params, 0), equimod.flat_params(params, 1)
+    # predicted embedding of view b from (y_a, embed([p_a, p_b])), both orders
+    pred = [m.predictor(torch.cat([y1, m.embed(torch.cat([p1, p2], 1))], 1)),
+            m.predictor(torch.cat([y2, m.embed(torch.cat([p2, p1], 1))], 1))]
+    target = torch.cat([y2, y1])
+    pred = torch.cat(pred)
+    a = torch.nn.functional.normalize(torch.cat([target, pred]), dim=1).detach()
+    n, t, total = len(target), 0.2, 0.0
+    for i in range(2 * n):
+        sims = [float(a[i] @ a[k]) / t for k in range(2 * n)]
+        pos = sims[(i + n) % (2 * n)]
+        total += -(pos - math.log(sum(math.exp(s) for k, s in enumerate(sims) if k != i)))
+    assert got == pytest.approx(total / (2 * n), rel=1e-5)

@@ -1,0 +1,106 @@
+"""Each loss against a naive loop on fixed inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import losses
+
+
+def cos(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture
+def z():
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(4)]
+
+
+def test_negative_cosine_and_byol(z):
+    p, t = z[0].numpy(), z[1].numpy()
+    naive = -sum(cos(p[i], t[i]) for i in range(6)) / 6
+    assert losses.negative_cosine(z[0], z[1]).item() == pytest.approx(naive, rel=1e-9)
+    naive_byol = sum(2 - 2 * cos(p[i], t[i]) for i in range(6)) / 6
+    assert losses.byol_regression(z[0], z[1]).item() == pytest.approx(naive_byol, rel=1e-9)
+
+
+def test_negative_cosine_stops_gradient_into_target(z):
+    p, t = z[0].clone().requires_grad_(), z[1].clone().requires_grad_()
+    losses.negative_cosine(p, t).backward()
+    assert t.grad is None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.5])
+def test_nt_xent(z, temperature):
+    a = torch.cat([z[0], z[1]]).numpy()
+    n = len(z[0])
+    total = 0.0
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        den = sum(math.exp(cos(a[i], a[k]) / temperature) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(cos(a[i], a[pos]) / temperature) / den)
+    got = losses.nt_xent(z[0], z[1], temperature).item()
+    assert got == pytest.approx(total / (2 * n), rel=1e-6)
+
+
+def test_moco_infonce(z):
+    q = torch.nn.functional.normalize(z[0], dim=1)
+    k = torch.nn.functional.normalize(z[1], dim=1)
+    queue = torch.nn.functional.normalize(torch.cat([z[2], z[3]]), dim=1)
+    t = 0.2
+    qn, kn, Q = q.numpy(), k.numpy(), queue.numpy()
+    total = 0.0
+    for i in range(len(qn)):
+        pos = math.exp(np.dot(qn[i], kn[i]) / t)
+        neg = sum(math.exp(np.dot(qn[i], Q[j]) / t) for j in range(len(Q)))
+        total += -math.log(pos / (pos + neg))
+    assert losses.moco_infonce(q, k, queue, t).item() == pytest.approx(total / len(qn), rel=1e-9)
+
+
+def naive_sinkhorn(scores, eps, iters):
+    """SwAV's published algorithm, loop by loop."""
+    Q = np.exp(scores / eps).T          # K x B
+    K, B = Q.shape
+    Q = Q / Q.sum()
+    for _ in range(iters):
+        for k in range(K):
+            Q[k] = Q[k] / Q[k].sum() / K
+        for b in range(B):
+            Q[:, b] = Q[:, b] / Q[:, b].sum() / B
+    for b in range(B):
+        Q[:, b] = Q[:, b] / Q[:, b].sum()
+    return Q.T
+
+
+def test_sinkhorn():
+    g = torch.Generator().manual_seed(0)
+    s = torch.nn.functional.normalize(torch.randn(12, 4, generator=g, dtype=torch.float64), dim=1)
+    protos = torch.nn.functional.normalize(torch.randn(7, 4, generator=g, dtype=torch.float64),
+                                           dim=1)
+    scores = s @ protos.t()
+    got = losses.sinkhorn(scores, 0.05, 3).double().numpy()
+    want = naive_sinkhorn(scores.numpy(), 0.05, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(1), 1, rtol=1e-5)
+
+
+def test_swapped_prediction(z):
+    g = torch.Generator().manual_seed(1)
+    scores = [torch.randn(6, 7, generator=g, dtype=torch.float64) for _ in range(4)]
+    codes = [torch.softmax(torch.randn(6, 7, generator=g, dtype=torch.float64), 1)
+             for _ in range(2)]
+    t = 0.1
+    total = 0.0
+    for i in range(2):
+        terms = []
+        for v in range(4):
+            if v == i:
+                continue
+            s = scores[v].numpy() / t
+            logp = s - np.log(np.exp(s).sum(1, keepdims=True))
+            terms.append(-(codes[i].numpy() * logp).sum(1).mean())
+        total += sum(terms) / len(terms)
+    assert losses.swapped_prediction(codes, scores, t).item() == pytest.approx(total, rel=1e-6)

@@ -1,0 +1,128 @@
+"""The trainer on CPU: every method x auxiliary objective trains, a killed and
+resumed run ends with an uninterrupted run's weights, the backbone exports into
+torchvision's ResNet-18, and the config is strict."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+import torchvision
+import trainrun
+
+from trainer import run as trainer_run
+from trainer.config import Config, from_argv, from_dict, parser
+from trainer.methods import METHODS
+
+
+@pytest.mark.parametrize("aux", ["none", "augself", "equimod"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_twenty_steps_finite_and_decreasing(tiny_dataset, tmp_path, method, aux):
+    """Criterion: every one of the 20 per-step losses is finite, and the mean of
+    the last 5 is below the mean of the first 5 (on fresh batches each step).
+    MoCo's window starts once its queue (32 keys, one batch) holds only real
+    keys, at step 2: step 1's negatives are the random initial queue, a
+    different (easier) objective."""
+    out = tmp_path / "run"
+    rc = trainer_run.main(trainrun.args(tiny_dataset, out, "--method", method, "--aux", aux,
+                                        "--epochs", "4", "--max-steps", "20"))
+    assert rc == 0
+    loss = trainrun.losses(out)
+    assert len(loss) == 20
+    assert all(torch.isfinite(torch.tensor(loss)))
+    start = 1 if method == "moco" else 0
+    first, last = sum(loss[start:start + 5]) / 5, sum(loss[-5:]) / 5
+    assert last < first, f"{method}+{aux}: first 5 {first:.4f}, last 5 {last:.4f}"
+
+
+def test_killed_and_resumed_equals_uninterrupted(tiny_dataset, tmp_path):
+    base = trainrun.args(tiny_dataset, tmp_path / "x", "--method", "moco", "--aux", "augself",
+                         "--epochs", "5", "--ckpt-every", "4")
+    whole = tmp_path / "whole"
+    r = subprocess.run(trainrun.cmd(*base, "--out", whole), capture_output=True, text=True,
+                       cwd=trainrun.ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cut = tmp_path / "cut"
+    p = subprocess.Popen(trainrun.cmd(*base, "--out", cut), cwd=trainrun.ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (cut / "checkpoint.pt").exists() and time.time() - t0 < 300:
+        time.sleep(0.01)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = torch.load(cut / "checkpoint.pt", weights_only=False)["step"]
+    total = len(trainrun.losses(whole))
+    assert 0 < killed_at < total, "the kill must land mid-run"
+    r = subprocess.run(trainrun.cmd("--out", cut, "--resume", "--no-progress"),
+                       capture_output=True, text=True, cwd=trainrun.ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = trainrun.weights(whole), trainrun.weights(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert trainrun.losses(cut) == trainrun.losses(whole)
+
+
+def test_export_loads_into_torchvision_resnet18(tiny_dataset, tmp_path):
+    out = tmp_path / "r18"
+    rc = trainer_run.main(["--data", str(tiny_dataset), "--out", str(out), "--backbone",
+                           "resnet18", "--stem", "imagenet", "--size", "64", "--batch-size", "16",
+                           "--epochs", "1", "--max-steps", "2", "--backend", "torchvision",
+                           "--workers", "0", "--no-progress", "--proj-hidden", "64",
+                           "--proj-dim", "64", "--lr", "0.5"])
+    assert rc == 0
+    sd = torch.load(out / "backbone.pt", weights_only=True)
+    net = torchvision.models.resnet18()
+    fc = net.fc
+    net.fc = torch.nn.Identity()                 # fc aside: the export has none
+    net.load_state_dict(sd, strict=True)
+    # ...and it is the trained backbone, not a fresh one
+    trained = {k.removeprefix("method.backbone."): v
+               for k, v in trainrun.weights(out).items() if k.startswith("method.backbone.")}
+    fresh = torchvision.models.resnet18(zero_init_residual=True).state_dict()
+    assert all(torch.equal(sd[k], trained[k]) for k in sd)
+    assert not torch.equal(sd["conv1.weight"], fresh["conv1.weight"])
+    assert fc.in_features == 512 and net(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_config_is_strict():
+    with pytest.raises(ValueError, match="unknown option.*bogus"):
+        from_dict({"data": "x", "bogus": 1})
+    with pytest.raises(ValueError, match="epochs must be int"):
+        from_dict({"data": "x", "epochs": "3"})
+    with pytest.raises(ValueError, match="lr must be float"):
+        from_dict({"data": "x", "lr": True})
+    with pytest.raises(ValueError, match="method='nope'"):
+        from_dict({"data": "x", "method": "nope"})
+    assert from_dict({"data": "x", "lr": 1}).lr == 1.0
+
+
+def test_help_lists_every_option_with_default():
+    text = parser().format_help()
+    for name, f in Config.__dataclass_fields__.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, flag
+        assert f"(default: {f.default!r})" in " ".join(text.split()), name
+
+
+def test_resume_refuses_a_changed_config(tiny_dataset, tmp_path):
+    out = tmp_path / "r"
+    assert trainer_run.main(trainrun.args(tiny_dataset, out, "--epochs", "1",
+                                          "--max-steps", "2")) == 0
+    with pytest.raises(ValueError, match="method differ"):
+        from_argv(["--out", str(out), "--resume", "--method", "byol"])
+    cfg = from_argv(["--out", str(out), "--resume", "--max-steps", "3"])
+    assert cfg.max_steps == 3 and cfg.method == "simsiam"
+
+
+def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert trainer_run.main(trainrun.args(tiny_dataset, out, "--epochs", "1",
+                                          "--max-steps", "1")) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert trainer_run.main(trainrun.args(tiny_dataset, out, "--epochs", "1",
+                                          "--max-steps", "1")) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before

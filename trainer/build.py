@@ -1,0 +1,41 @@
+"""Config -> the Objective to train: backbone, method, auxiliary head, probe.
+Built on CPU in float32 from the run's seed, before any systems choice."""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.recipe import Recipe
+from trainer import augself, equimod
+from trainer.config import Config
+from trainer.methods import METHODS, Heads
+from trainer.models import build_backbone
+from trainer.objective import LinearProbe, Objective
+
+
+def stem_for(cfg: Config) -> str:
+    return cfg.stem if cfg.stem != "auto" else ("cifar" if cfg.size <= 64 else "imagenet")
+
+
+def heads(cfg: Config, num_classes: int) -> Heads:
+    return Heads(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, pred_hidden=cfg.pred_hidden,
+                 proj_layers=cfg.proj_layers, temperature=cfg.temperature,
+                 momentum=cfg.target_momentum, queue_size=cfg.queue_size,
+                 prototypes=cfg.prototypes, freeze_prototypes=cfg.freeze_prototypes,
+                 num_classes=num_classes)
+
+
+def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:
+    torch.manual_seed(cfg.seed)
+    backbone, features = build_backbone(cfg.backbone, stem_for(cfg))
+    method = METHODS[cfg.method](backbone, features, heads(cfg, num_classes),
+                                 large_images=cfg.size > 96)
+    if cfg.aux == "augself":
+        aux = augself.AugSelf(features, augself.rows(cfg.augself_weights()), recipe)
+    elif cfg.aux == "equimod":
+        aux = equimod.EquiMod(features, temperature=cfg.equimod_temperature,
+                              weight=cfg.equimod_weight)
+    else:
+        aux = None
+    probe = LinearProbe(features, num_classes) if cfg.probe and num_classes > 1 else None
+    return Objective(method, aux, probe)

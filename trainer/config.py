@@ -1,0 +1,186 @@
+"""The run's configuration: one typed, strict dataclass.
+
+Strict: building it from a dict (a ``--config`` JSON file, a run folder's
+``config.json``) fails on an unknown key or a value of the wrong type, naming
+both; the command line is generated from the same fields, so ``--help`` lists
+every option with its default. The resolved config is written to the run
+folder with the git sha (trainer/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+
+def opt(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    data: str = opt("", "converted dataset folder (tools/convert_dataset.py output); required")
+    test_data: str = opt("", "converted held-out split: kNN and linear accuracy at the end")
+    out: str = opt("runs/run", "run folder: config.json, metrics.jsonl, checkpoints, backbone.pt")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    # data
+    backend: str = opt("auto", "loader backend (auto: dali-gpu on a GPU, else dali-cpu, "
+                       "else ffcv, else torchvision)",
+                       ["auto", "dali-gpu", "dali-cpu", "ffcv", "torchvision"])
+    preset: str = opt("auto", "augmentation preset (auto: swav's multi-crop for swav, else "
+                      "augself's)", ["auto", "augself", "simclr", "byol", "swav"])
+    size: int = opt(224, "output side of the (large) views, pixels")
+    small_size: int = opt(0, "side of multi-crop small views (0: 96/224 of --size)")
+    workers: int = opt(2, "loader worker processes / threads")
+    # model and method
+    method: str = opt("simsiam", "SSL method",
+                      ["simsiam", "simclr", "moco", "byol", "swav", "supervised"])
+    aux: str = opt("none", "auxiliary objective around the method",
+                   ["none", "augself", "equimod"])
+    backbone: str = opt("resnet18", "backbone", ["resnet18", "resnet50", "small"])
+    stem: str = opt("auto", "ResNet stem (auto: cifar when --size <= 64)",
+                    ["auto", "imagenet", "cifar"])
+    proj_hidden: int = opt(0, "projector hidden width (0: the method's default)")
+    proj_dim: int = opt(0, "projector output width (0: the method's default)")
+    pred_hidden: int = opt(0, "predictor hidden width (0: the method's default)")
+    proj_layers: int = opt(0, "projector layers (0: the method's default)")
+    temperature: float = opt(0.0, "contrastive / SwAV temperature (0: the method's default)")
+    target_momentum: float = opt(0.0, "MoCo / BYOL target momentum (0: the method's default)")
+    queue_size: int = opt(65536, "MoCo queue length")
+    prototypes: int = opt(100, "SwAV prototypes")
+    freeze_prototypes: int = opt(410, "SwAV: steps during which the prototypes stay frozen")
+    augself_crop: float = opt(1.0, "AugSelf weight of the crop row (0 removes it)")
+    augself_color: float = opt(1.0, "AugSelf weight of the colour row (paper: 1 on STL-10, "
+                               "0.5 on ImageNet-100)")
+    augself_flip: float = opt(0.0, "AugSelf weight of the flip row")
+    augself_blur: float = opt(0.0, "AugSelf weight of the blur row")
+    augself_gray: float = opt(0.0, "AugSelf weight of the grayscale row")
+    augself_solarize: float = opt(0.0, "AugSelf weight of the solarize row")
+    equimod_weight: float = opt(1.0, "EquiMod loss weight")
+    equimod_temperature: float = opt(0.2, "EquiMod InfoNCE temperature")
+    probe: bool = opt(True, "online linear probe on detached features (needs labels)")
+    # optimisation
+    epochs: int = opt(100, "epochs (the learning-rate schedule spans them)")
+    max_steps: int = opt(0, "stop after this many steps (0: run every epoch); the schedule "
+                         "still spans --epochs")
+    batch_size: int = opt(256, "global batch size (split over torchrun ranks)")
+    lr: float = opt(0.03, "base learning rate at batch 256; used: lr * batch_size / 256")
+    optimizer: str = opt("sgd", "optimizer", ["sgd", "lars"])
+    weight_decay: float = opt(5e-4, "weight decay")
+    momentum: float = opt(0.9, "SGD / LARS momentum")
+    warmup_epochs: float = opt(0.0, "linear warm-up before the cosine decay, in epochs")
+    # systems
+    precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU; fp16 adds a "
+                         "GradScaler", ["auto", "fp32", "bf16", "fp16"])
+    channels_last: bool = opt(True, "channels_last memory format (faster on GPU and CPU)")
+    compile: bool = opt(False, "torch.compile the backbone")
+    device: str = opt("auto", "auto: cuda when available (cuda:LOCAL_RANK under torchrun)")
+    seed: int = opt(0, "seed for initialisation, data order and augmentations")
+    log_every: int = opt(20, "steps between logged lines in metrics.jsonl")
+    ckpt_every: int = opt(0, "steps between checkpoints (0: at the end of each epoch)")
+    progress: bool = opt(True, "progress bar")
+
+    def augself_weights(self) -> dict[str, float]:
+        return {k.removeprefix("augself_"): getattr(self, k) for k in self.__dataclass_fields__
+                if k.startswith("augself_")}
+
+
+# Fields a resumed run may change: they do not alter what is computed.
+RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress"}
+
+
+def _types() -> dict[str, type]:
+    return typing.get_type_hints(Config)
+
+
+def from_dict(d: dict, where: str = "config") -> Config:
+    """Strict: unknown keys and wrong types are errors naming ``where``."""
+    known = _types()
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}")
+    for k, v in d.items():
+        t = known[k]
+        ok = isinstance(v, t) and not (t is not bool and isinstance(v, bool))
+        if t is float and isinstance(v, int) and not isinstance(v, bool):
+            ok, d = True, {**d, k: float(v)}
+        if not ok:
+            raise ValueError(f"{where}: {k} must be {t.__name__}, got {type(v).__name__} "
+                             f"{v!r}")
+    cfg = Config(**d)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    for f in fields(Config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ValueError(f"{where}: {f.name}={getattr(cfg, f.name)!r}, choose one of "
+                             f"{', '.join(choices)}")
+    if not cfg.data:
+        raise ValueError(f"{where}: --data is required (a converted dataset folder)")
+    for name in ("epochs", "batch_size", "size", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{where}: {name} must be >= 1")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.run",
+        description="Pretrain a backbone with an SSL method (+ AugSelf or EquiMod) on a "
+                    "converted dataset. Single process: python -m trainer.run ...; several: "
+                    "torchrun --nproc_per_node=N -m trainer.run ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="JSON file of options (strict); the command line wins")
+    for f in fields(Config):
+        t = _types()[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] +
+                  f" (default: {f.default!r})")
+        if t is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            p.add_argument(flag, type=t, choices=f.metadata.get("choices"), metavar=t.__name__.upper()
+                           if not f.metadata.get("choices") else None, **kw)
+    return p
+
+
+def from_argv(argv=None) -> Config:
+    """CLI -> Config. With --resume, the run folder's config.json is the base and
+    only RESUME_MAY_CHANGE may differ from it."""
+    args = vars(parser().parse_args(argv))
+    base: dict = {}
+    if args.get("config"):
+        path = Path(args.pop("config"))
+        try:
+            base = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read the config ({e})") from None
+        from_dict(base, str(path))
+    args.pop("config", None)
+    if args.get("resume"):
+        out = Path(args.get("out", base.get("out", Config.out)))
+        saved_path = out / "config.json"
+        if not saved_path.is_file():
+            raise ValueError(f"--resume: {saved_path} does not exist; nothing to resume")
+        saved = json.loads(saved_path.read_text())["config"]
+        given = {**base, **args}
+        changed = sorted(k for k, v in given.items()
+                         if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+        if changed:
+            raise ValueError(f"--resume: {', '.join(changed)} differ from {saved_path}; a "
+                             f"resumed run keeps its config (may change: "
+                             f"{', '.join(sorted(RESUME_MAY_CHANGE))})")
+        return from_dict({**saved, **given}, str(saved_path))
+    return from_dict({**base, **args}, "command line")
+
+
+def to_dict(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+assert all(f.default is not MISSING for f in fields(Config))

@@ -1,0 +1,227 @@
+"""SSL methods: each an nn.Module whose ``forward(batch)`` returns a dict with
+``"loss"`` (scalar), ``"feats"`` (the backbone features of every view, with
+gradient, for the auxiliary heads and the probe) and tensors to log.
+
+Defaults are the AugSelf reference code's (Lee et al. 2021, github
+hankook/AugSelf, pretrain.py / trainers.py): projector and predictor widths,
+temperatures, MoCo's queue and momentum, BYOL's cosine momentum schedule,
+SwAV's Sinkhorn (eps 0.05, 3 iterations, T 0.1) and prototypes frozen for the
+first 410 steps, SimSiam's predictor at a fixed learning rate. Momentum
+encoders and queues live inside their method and are saved with it.
+
+Hooks the loop calls for every method alike (no branching on names):
+``param_groups()``, ``after_backward(step)``, ``after_step(progress)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer import dist, losses
+from trainer.models import mlp
+
+
+@dataclass
+class Heads:
+    """Method hyper-parameters the config can override (0 = the method's default)."""
+    proj_hidden: int = 0
+    proj_dim: int = 0
+    pred_hidden: int = 0
+    proj_layers: int = 0
+    temperature: float = 0.0
+    momentum: float = 0.0       # MoCo / BYOL target momentum (BYOL: its base value)
+    queue_size: int = 65536     # MoCo
+    prototypes: int = 100       # SwAV
+    freeze_prototypes: int = 410  # SwAV: steps with the prototypes' gradient dropped
+    num_classes: int = 0        # supervised
+
+
+def _pick(value, default):
+    return value if value else default
+
+
+class Method(nn.Module):
+    def __init__(self, backbone: nn.Module, features: int):
+        super().__init__()
+        self.backbone, self.features = backbone, features
+
+    def encode(self, views):
+        # One backbone call per view, as the reference code does: BN statistics
+        # stay per view (concatenating views would mix them).
+        return [self.backbone(v) for v in views]
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "fixed_lr": False}]
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def after_step(self, progress: float) -> None:
+        pass
+
+
+def _momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
+    with torch.no_grad():
+        for po, pt in zip(online.parameters(), target.parameters()):
+            pt.mul_(m).add_(po.detach(), alpha=1 - m)
+
+
+class SimSiam(Method):
+    """Chen & He 2021. Projector 2048-2048 (3 layers for ImageNet-size images, 2
+    for small ones, last BN); predictor 2048-512-2048; loss 0.5 (D(p1,z2) + D(p2,z1))."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        d = _pick(h.proj_dim, 2048)
+        self.projector = mlp(features, _pick(h.proj_hidden, 2048), d,
+                             _pick(h.proj_layers, 3 if large_images else 2), last_bn=True)
+        self.predictor = mlp(d, _pick(h.pred_hidden, d // 4), d, 2, last_bn=False)
+
+    def param_groups(self):
+        pred = set(self.predictor.parameters())
+        rest = [p for p in self.parameters() if p.requires_grad and p not in pred]
+        # The predictor keeps its initial learning rate (SimSiam Sec. 4.2, "fix lr").
+        return [{"params": rest, "fixed_lr": False},
+                {"params": list(self.predictor.parameters()), "fixed_lr": True}]
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        z = [self.projector(f) for f in y]
+        p = [self.predictor(f) for f in z]
+        loss = 0.5 * (losses.negative_cosine(p[0], z[1]) + losses.negative_cosine(p[1], z[0]))
+        return {"loss": loss, "feats": y}
+
+
+class SimCLR(Method):
+    """Chen et al. 2020. Projector F-F-128 (no last BN), NT-Xent at T = 0.2."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        self.projector = mlp(features, _pick(h.proj_hidden, features), _pick(h.proj_dim, 128),
+                             _pick(h.proj_layers, 2), last_bn=False)
+        self.temperature = _pick(h.temperature, 0.2)
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        z = [self.projector(f) for f in y]
+        return {"loss": losses.nt_xent(z[0], z[1], self.temperature), "feats": y}
+
+
+class MoCo(Method):
+    """MoCo v2 (Chen et al. 2020): query from view 1, key from view 2 through the
+    momentum encoder (m = 0.999), K = 65536 negatives in a queue, T = 0.2,
+    projector F-F-128. The queue receives the keys of the global batch; the
+    AugSelf code enqueues the queries instead, which we do not copy."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        d = _pick(h.proj_dim, 128)
+        self.projector = mlp(features, _pick(h.proj_hidden, features), d,
+                             _pick(h.proj_layers, 2), last_bn=False)
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.temperature, self.m = _pick(h.temperature, 0.2), _pick(h.momentum, 0.999)
+        self.register_buffer("queue", F.normalize(torch.randn(h.queue_size, d), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        q = F.normalize(self.projector(y[0]), dim=1)
+        with torch.no_grad():
+            k = F.normalize(self.target_projector(self.target_backbone(batch.views[1])), dim=1)
+        loss = losses.moco_infonce(q, k, self.queue.clone(), self.temperature)
+        with torch.no_grad():
+            keys = dist.gather(k.float())
+            pos = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
+            self.queue[pos] = keys
+            self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
+        return {"loss": loss, "feats": y}
+
+    def after_step(self, progress):
+        _momentum_update(self.backbone, self.target_backbone, self.m)
+        _momentum_update(self.projector, self.target_projector, self.m)
+
+
+class BYOL(Method):
+    """Grill et al. 2020. Projector F-4096-256, predictor 256-4096-256 (no last
+    BN); target momentum 1 - (1 - 0.996)(cos(pi k/K) + 1)/2 over training
+    progress k/K; loss = sum over both directions of 2 - 2 cos."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        d, hid = _pick(h.proj_dim, 256), _pick(h.proj_hidden, 4096)
+        self.projector = mlp(features, hid, d, _pick(h.proj_layers, 2), last_bn=False)
+        self.predictor = mlp(d, _pick(h.pred_hidden, hid), d, 2, last_bn=False)
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.m0 = _pick(h.momentum, 0.996)
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        p = [self.predictor(self.projector(f)) for f in y]
+        with torch.no_grad():
+            t = [self.target_projector(self.target_backbone(v)) for v in batch.views[:2]]
+        loss = losses.byol_regression(p[0], t[1]) + losses.byol_regression(p[1], t[0])
+        return {"loss": loss, "feats": y}
+
+    def momentum(self, progress: float) -> float:
+        return 1 - (1 - self.m0) * (math.cos(math.pi * progress) + 1) / 2
+
+    def after_step(self, progress):
+        m = self.momentum(progress)
+        _momentum_update(self.backbone, self.target_backbone, m)
+        _momentum_update(self.projector, self.target_projector, m)
+
+
+class SwAV(Method):
+    """Caron et al. 2020 with multi-crop: codes from the first two views
+    (Sinkhorn, eps 0.05, 3 iterations, over the global batch), predicted from
+    every other view at T = 0.1. Projector F-2048-128, 100 unit-norm prototypes
+    (AugSelf code), frozen for the first 410 steps."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        d = _pick(h.proj_dim, 128)
+        self.projector = mlp(features, _pick(h.proj_hidden, 2048), d,
+                             _pick(h.proj_layers, 2), last_bn=False)
+        self.prototypes = nn.Linear(d, h.prototypes, bias=False)
+        self.temperature, self.freeze = _pick(h.temperature, 0.1), h.freeze_prototypes
+
+    def forward(self, batch):
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        y = self.encode(batch.views)
+        scores = [self.prototypes(F.normalize(self.projector(f), dim=1)) for f in y]
+        codes = [losses.sinkhorn(s.detach(), 0.05, 3) for s in scores[:2]]
+        loss = losses.swapped_prediction(codes, scores, self.temperature)
+        return {"loss": loss, "feats": y}
+
+    def after_backward(self, step):
+        if step < self.freeze:
+            self.prototypes.weight.grad = None
+
+
+class Supervised(Method):
+    """Cross-entropy on the labels from every view (a baseline; -1 labels ignored)."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        if h.num_classes < 1:
+            raise ValueError("supervised needs a labelled dataset (the manifest lists no classes)")
+        self.classifier = nn.Linear(features, h.num_classes)
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        loss = sum(F.cross_entropy(self.classifier(f), batch.labels, ignore_index=-1)
+                   for f in y) / len(y)
+        return {"loss": loss, "feats": y}
+
+
+METHODS = {"simsiam": SimSiam, "simclr": SimCLR, "moco": MoCo, "byol": BYOL, "swav": SwAV,
+           "supervised": Supervised}

@@ -1,0 +1,57 @@
+"""The model the loop trains: one method, optional auxiliary objectives built
+around it (AugSelf or EquiMod), and an online linear probe.
+
+``forward(batch)`` returns the total ``"loss"`` and detached tensors to log:
+``ssl`` (the method's loss), the auxiliary terms, ``probe/loss`` and
+``probe/acc``. The probe is a linear classifier on *detached* view-1 backbone
+features (a monitor: it never moves the backbone); rows labelled -1 are ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearProbe(nn.Module):
+    def __init__(self, features: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(features, num_classes)
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc(feats.detach().float())
+        known = labels >= 0
+        n = known.sum().clamp(min=1)
+        loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        loss = (loss * known).sum() / n
+        acc = ((logits.argmax(1) == labels) & known).sum() / n
+        return {"loss": loss, "probe/loss": loss.detach(), "probe/acc": acc.detach().float()}
+
+
+class Objective(nn.Module):
+    def __init__(self, method: nn.Module, aux: nn.Module | None, probe: LinearProbe | None):
+        super().__init__()
+        self.method, self.aux, self.probe = method, aux, probe
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        out = self.method(batch)
+        feats = out.pop("feats")
+        total = out.pop("loss")
+        logs = {"ssl": total.detach()}
+        for part in (self.aux(feats, batch) if self.aux is not None else None,
+                     self.probe(feats[0], batch.labels) if self.probe is not None else None):
+            if part is not None:
+                total = total + part.pop("loss")
+                logs.update(part)
+        logs.update({k: v.detach() for k, v in out.items()})
+        logs["loss"] = total
+        return logs
+
+    def param_groups(self) -> list[dict]:
+        groups = self.method.param_groups()
+        extra = [p for m in (self.aux, self.probe) if m is not None for p in m.parameters()
+                 if p.requires_grad]
+        if extra:
+            groups.append({"params": extra, "fixed_lr": False})
+        return groups

@@ -1,0 +1,193 @@
+"""The main job: pretrain a backbone with an SSL method (+ AugSelf / EquiMod).
+
+    python -m trainer.run --data DIR --method simsiam --aux augself --out runs/x
+    torchrun --nproc_per_node=2 -m trainer.run --data DIR ...   (DDP, one rank per device)
+    python -m trainer.run --out runs/x --resume                  (continue after a kill)
+
+The run folder gets config.json (resolved, with the git sha), metrics.jsonl,
+checkpoint.pt (atomic, every --ckpt-every steps and at the end), backbone.pt
+(the backbone as a plain state_dict) and, with --test-data, eval.json.
+
+Exact resume: the data order and every augmentation draw are functions of
+(seed, epoch, sample index, view) and the checkpoint holds every weight,
+buffer (momentum encoders, MoCo's queue, BN statistics) and optimiser state,
+so a killed-and-resumed run ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.build import LoaderConfig, available, build_loader
+from pipelines.records import Records
+from trainer import checkpoint, dist, optim, systems
+from trainer.build import build_objective
+from trainer.config import Config, from_argv
+from trainer.models import backbone_state_dict
+from trainer.runlog import Metrics, progress_bar, write_config
+
+
+def resolve_preset(cfg: Config) -> str:
+    return cfg.preset if cfg.preset != "auto" else ("swav" if cfg.method == "swav" else "augself")
+
+
+def num_classes(data: str) -> int:
+    return len(Records(data).manifest.get("classes") or [])
+
+
+def _state(objective, optimizer, scaler, step: int) -> dict:
+    return {"step": step, "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None}
+
+
+def _global_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """Means over the steps since the last log and over every rank: one all_reduce
+    and one device->host copy, only on logging steps."""
+    keys = sorted(sums)
+    stacked = dist.all_reduce_sum(torch.stack([sums[k] for k in keys]) / max(count, 1))
+    values = (stacked / dist.world()).tolist()
+    return dict(zip(keys, values))
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) the configured pretraining; returns a summary dict."""
+    env = dist.init("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    try:
+        return _train(cfg, env)
+    finally:
+        dist.shutdown()
+
+
+def _train(cfg: Config, env: dist.Env) -> dict:
+    run_dir = Path(cfg.out)
+    if cfg.batch_size % env.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {env.world} ranks")
+    if env.main:
+        if not cfg.resume and (run_dir / checkpoint.NAME).exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue "
+                                  "it or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    sysm = systems.choose(cfg, env)
+    backend = available()[0] if cfg.backend == "auto" else cfg.backend
+    preset = resolve_preset(cfg)
+    loader = build_loader(LoaderConfig(
+        data=cfg.data, backend=backend, preset=preset, size=cfg.size,
+        small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
+        seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
+        device=str(sysm.device)), dtype=sysm.dtype)
+    classes = num_classes(cfg.data)
+    objective = build_objective(cfg, loader.recipe, classes)
+    model, objective = systems.prepare(objective, cfg, sysm, env)
+    spe = len(loader)
+    total = cfg.epochs * spe
+    lr = cfg.lr * cfg.batch_size / 256
+    optimizer = optim.build(objective.param_groups(), cfg.optimizer, lr, cfg.momentum,
+                            cfg.weight_decay)
+    warmup = round(cfg.warmup_epochs * spe)
+
+    step = 0
+    ck = checkpoint.load(run_dir) if cfg.resume else None
+    if ck is not None:
+        objective.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if sysm.scaler is not None and ck["scaler"] is not None:
+            sysm.scaler.load_state_dict(ck["scaler"])
+        step = ck["step"]
+    resolved = {"backend": backend, "preset": preset, "device": str(sysm.device),
+                "dtype": str(sysm.dtype).removeprefix("torch."), "world": env.world,
+                "steps_per_epoch": spe, "total_steps": total, "lr": lr,
+                "num_classes": classes}
+    metrics = None
+    if env.main:
+        write_config(run_dir, cfg, resolved)
+        metrics = Metrics(run_dir, step if ck is not None else None)
+    stop = min(total, cfg.max_steps) if cfg.max_steps else total
+    ckpt_every = cfg.ckpt_every or spe
+
+    def save(at: int) -> None:
+        if env.main:
+            checkpoint.save_atomic(_state(objective, optimizer, sysm.scaler, at),
+                                   run_dir / checkpoint.NAME)
+
+    bar = progress_bar(stop, step, cfg.progress and env.main)
+    sums: dict[str, torch.Tensor] = {}
+    count, t_last, step_last = 0, time.perf_counter(), step
+    last: dict[str, float] = {}
+    model.train()
+    while step < stop:
+        epoch, skip = divmod(step, spe)
+        loader.set_epoch(epoch, skip)
+        for batch in loader:
+            cur_lr = optim.set_lr(optimizer, step, total, warmup)
+            with sysm.autocast():
+                out = model(batch)
+            loss = out["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            if sysm.scaler is not None:
+                sysm.scaler.scale(loss).backward()
+                objective.method.after_backward(step)
+                sysm.scaler.step(optimizer)
+                sysm.scaler.update()
+            else:
+                loss.backward()
+                objective.method.after_backward(step)
+                optimizer.step()
+            step += 1
+            objective.method.after_step(step / total)
+            # Accumulate on the device; .item() only when a line is logged.
+            for k, v in out.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            if step % cfg.log_every == 0 or step == stop:
+                now = time.perf_counter()
+                rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
+                last = _global_means(sums, count)
+                if env.main:
+                    metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
+                                   "images_per_s": rate, **last})
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
+                sums, count, t_last, step_last = {}, 0, now, step
+            bar.update(1)
+            if step % ckpt_every == 0 and step < stop:
+                save(step)
+            if step >= stop:
+                break
+    bar.close()
+    if not last and step_last < step:
+        last = _global_means(sums, count)
+    save(step)
+    summary = {"run": str(run_dir), "step": step, "final": last, **resolved}
+    if env.main:
+        torch.save(backbone_state_dict(objective.method.backbone), run_dir / "backbone.pt")
+        if cfg.test_data:
+            from trainer.evaluate import evaluate_run
+            summary["eval"] = evaluate_run(run_dir, cfg.data, cfg.test_data,
+                                           device=sysm.device)
+    return summary
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = from_argv(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: summary[k] for k in ("run", "step", "final")}, indent=None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

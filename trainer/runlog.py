@@ -1,0 +1,62 @@
+"""The run folder's records: config.json (resolved config, git sha, versions),
+metrics.jsonl (one JSON object per logged step), and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.config import Config, to_dict
+
+
+def git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+        return (sha + ("-dirty" if dirty.strip() else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_config(run_dir: Path, cfg: Config, resolved: dict) -> None:
+    """``resolved``: what "auto" became (backend, preset, device, dtype, world)."""
+    doc = {"config": to_dict(cfg), "resolved": resolved, "git_sha": git_sha(),
+           "python": sys.version.split()[0], "torch": torch.__version__,
+           "host": platform.node(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = run_dir / "config.json"
+    tmp = path.with_name(".config.json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+
+
+class Metrics:
+    """Appends to metrics.jsonl; a resumed run first drops lines past its checkpoint
+    so the file reads like one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(k + "\n" for k in keep))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
