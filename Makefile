@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: setup apt demo test test-all bench lint clean help
 
 help:
-	@echo "make demo      set up, then generate + convert the synthetic dataset (and train, once the trainer lands)"
+	@echo "make demo      set up, then generate + convert the synthetic dataset, pretrain SimSiam and SimSiam+AugSelf, report"
 	@echo "make test      set up, then run the fast test suite (CPU)"
 	@echo "make test-all  also the slow tests (CIFAR-10 from ../shared/data)"
 	@echo "make bench     conversion / loader benchmarks into benchmarks/RESULTS.md"

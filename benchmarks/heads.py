@@ -1,0 +1,125 @@
+"""Cost of the auxiliary objectives: one training step (forward, backward,
+optimiser step) of a method alone, with AugSelf (crop + colour rows) and with
+EquiMod, on fixed in-memory batches (the loader is left out: the figure is the
+model's cost), interleaved and timed side by side.
+
+    python -m benchmarks.heads [--method simsiam] [--backbone small --size 32 --batch 256]
+
+Each repeat times every variant for --steps steps after --warmup steps; the
+figure is the median step time over repeats (CUDA events on a GPU, wall clock
+on the CPU), and the overhead is the ratio to the method alone in the same run.
+Results go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from benchmarks.report import environment, write_section
+from pipelines.params import identity
+from pipelines.recipe import preset
+from trainer import optim
+from trainer.build import build_objective
+from trainer.config import Config
+
+VARIANTS = ("none", "augself", "equimod")
+
+
+class FakeBatch:
+    def __init__(self, views, params, labels):
+        self.views, self.params, self.labels = views, params, labels
+
+
+def make_batch(b: int, size: int, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(b, 3, size, size, generator=g).to(device, dtype)
+             .contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    params = {k: (v + 0.1 * torch.rand(v.shape, generator=g)).to(device)
+              for k, v in identity(b, 2).items()}
+    return FakeBatch(views, params, torch.zeros(b, dtype=torch.long, device=device))
+
+
+def step_time(model, opt, batch, steps: int, warmup: int, device) -> float:
+    def one():
+        out = model(batch)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    for _ in range(warmup):
+        one()
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            one()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000 / steps
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.heads", description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", default="simsiam")
+    p.add_argument("--backbone", default="small")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--proj", type=int, default=512, help="projector hidden and output width")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    recipe = preset("augself", a.size)
+    batch = make_batch(a.batch, a.size, device, dtype)
+    models = {}
+    for aux in VARIANTS:
+        cfg = Config(data="-", method=a.method, aux=aux, backbone=a.backbone, size=a.size,
+                     proj_hidden=a.proj, proj_dim=a.proj, probe=False)
+        m = build_objective(cfg, recipe, 0).to(device).to(memory_format=torch.channels_last)
+        opt = optim.build(m.param_groups(), "sgd", 0.01, 0.9, 5e-4)
+        models[aux] = (m.train(), opt)
+    times = {aux: [] for aux in VARIANTS}
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None
+    for r in range(a.repeats):
+        for aux in VARIANTS:
+            m, opt = models[aux]
+            if ctx is not None:
+                with torch.autocast(device.type, dtype=dtype):
+                    t = step_time(m, opt, batch, a.steps, a.warmup, device)
+            else:
+                t = step_time(m, opt, batch, a.steps, a.warmup, device)
+            times[aux].append(t)
+            print(f"repeat {r + 1}/{a.repeats} {a.method}+{aux}: {t * 1000:.1f} ms/step",
+                  flush=True)
+    med = {aux: statistics.median(v) for aux, v in times.items()}
+    rows = [f"| {a.method} + {aux} | {med[aux] * 1000:.1f} | {a.batch / med[aux]:.0f} | "
+            f"{med[aux] / med['none']:.2f}x |" for aux in VARIANTS]
+    body = "\n".join([
+        "## Auxiliary heads: cost per training step", "",
+        f"Command: `python -m benchmarks.heads --method {a.method} --backbone {a.backbone} "
+        f"--size {a.size} --batch {a.batch} --proj {a.proj}` (fixed in-memory batches, 2 "
+        f"views, {a.steps} steps after {a.warmup} warm-up, median of {a.repeats} "
+        f"interleaved repeats; {device.type}, {str(dtype).removeprefix('torch.')}).", "",
+        environment(), "",
+        "| variant | ms / step | images / s | vs method alone |", "|---|---|---|---|",
+        *rows, ""])
+    print(body)
+    if not a.no_write:
+        write_section(f"heads-{device.type}", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
