@@ -89,6 +89,21 @@ def pretrain(out: Path, name: str, aux: str, folder: str, a) -> dict:
     return row
 
 
+def untrained(out: Path, seed: int) -> dict:
+    """The same backbone at initialisation: what pretraining adds is measured from here."""
+    import torch
+
+    from trainer.evaluate import evaluate
+    from trainer.models import build_backbone
+
+    torch.manual_seed(seed)
+    net, _ = build_backbone("small")
+    net = net.to(memory_format=torch.channels_last)
+    print("[demo] evaluating the untrained backbone (reference row)", flush=True)
+    result = evaluate(net, str(out / "converted-train"), str(out / "converted-test"), 32)
+    return {"name": "untrained (random init)", "eval": result}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo", help="demo folder")
@@ -103,11 +118,12 @@ def main(argv=None) -> int:
     rc = prepare_data(out, a.n_train, a.n_test, a.seed)
     if rc:
         return rc
-    rows = [pretrain(out, name, aux, folder, a) for name, aux, folder in RUNS]
+    rows = [untrained(out, a.seed)] + [pretrain(out, name, aux, folder, a)
+                                       for name, aux, folder in RUNS]
     setup = (f"Small ResNet (16-128 channels), 32 px views of the 64 px images, batch 256, "
              f"{a.epochs} epochs, SGD lr 0.1 with cosine decay, projector 512-512; AugSelf "
-             f"rows crop and colour at weight 1. Backend {rows[0]['backend']} on "
-             f"{rows[0]['device']}. Colour jitter (hue +-0.1 turn, saturation, grayscale) "
+             f"rows crop and colour at weight 1. Backend {rows[1]['backend']} on "
+             f"{rows[1]['device']}. Colour jitter (hue +-0.1 turn, saturation, grayscale) "
              f"pushes SimSiam towards colour invariance; AugSelf's colour head asks the "
              f"backbone to keep what the jitter changed.")
     md, png = demo_report.write(out, rows, setup)
