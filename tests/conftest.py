@@ -46,7 +46,12 @@ def small_dataset(tmp_path_factory):
 
 
 def backends_here() -> list[str]:
+    """Every backend this machine can run (dali-gpu only where CUDA is present)."""
+    import torch
+
     out = []
+    if HAVE_DALI and torch.cuda.is_available():
+        out.append("dali-gpu")
     if HAVE_DALI:
         out.append("dali-cpu")
     if HAVE_FFCV:

@@ -68,10 +68,12 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     run_dir = Path(cfg.out)
     if cfg.batch_size % env.world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {env.world} ranks")
+    # Checked on every rank (a shared file system), so no rank is left waiting for one
+    # that stopped.
+    if not cfg.resume and (run_dir / checkpoint.NAME).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue "
+                              "it or choose another --out")
     if env.main:
-        if not cfg.resume and (run_dir / checkpoint.NAME).exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue "
-                                  "it or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
     sysm = systems.choose(cfg, env)
     backend = available()[0] if cfg.backend == "auto" else cfg.backend
