@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.report import environment, write_section
+from benchmarks.report import bar_plot, environment, write_section
 from pipelines.params import identity
 from pipelines.recipe import preset
 from trainer import optim
@@ -115,6 +115,12 @@ def main(argv=None) -> int:
         environment(), "",
         "| variant | ms / step | images / s | vs method alone |", "|---|---|---|---|",
         *rows, ""])
+    if not a.no_write:
+        body += "\n" + bar_plot(f"heads-{device.type}", [f"{a.method} + {aux}" for aux in VARIANTS],
+                                {"images / s": [a.batch / med[aux] for aux in VARIANTS]},
+                                "images / s (model only)",
+                                f"Training step cost, {a.backbone} at {a.size} px, "
+                                f"batch {a.batch}, {device.type}") + "\n"
     print(body)
     if not a.no_write:
         write_section(f"heads-{device.type}", body)

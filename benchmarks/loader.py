@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import environment, write_section
+from benchmarks.report import bar_plot, environment, write_section
 from pipelines.build import LoaderConfig, available, build_loader
 from tools import convert_dataset, make_synthetic
 
@@ -100,13 +100,21 @@ def main(argv=None) -> int:
         ratio = f"{best[0] / base:.2f}x ({best[1]})" if base else "-"
         lines.append(f"| {size} px | " + " | ".join(f"{med[be]:.0f}" for be in backends)
                      + f" | {ratio} |")
+    section = "loader-compile" if a.compile else "loader"
+    if not a.no_write:
+        plot = bar_plot(section, [f"{s} px" for s in sizes],
+                        {be: [statistics.median(results[s, be]) for s in sizes]
+                         for be in backends}, "images / s (2 views each)",
+                        f"Loader throughput ({'compiled' if a.compile else 'eager'} "
+                        "photometric stage)")
+        lines += ["", plot]
     lines += ["", f"Command: `python -m benchmarks.loader --n-images {a.n_images} --batch "
               f"{a.batch} --repeats {a.repeats}{' --compile' if a.compile else ''}`", "",
               environment()]
     body = "\n".join(lines)
     print(body)
     if not a.no_write:
-        write_section("loader", body)
+        write_section(section, body)
     return 0
 
 

@@ -56,3 +56,28 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
         text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def bar_plot(name: str, groups: list[str], series: dict[str, list[float]], ylabel: str,
+             title: str) -> str:
+    """A grouped bar chart saved as benchmarks/<name>.png; returns the Markdown
+    line that shows it (RESULTS.md sits next to the PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + i * width for g in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS.parent / f"{name}.png")
+    plt.close(fig)
+    return f"![{title}]({name}.png)"
