@@ -7,7 +7,8 @@ model's cost), interleaved and timed side by side.
 
 Each repeat times every variant for --steps steps after --warmup steps; the
 figure is the median step time over repeats (CUDA events on a GPU, wall clock
-on the CPU), and the overhead is the ratio to the method alone in the same run.
+on the CPU), and the overhead is the median over repeats of the ratio to the
+method alone timed just before it.
 Results go to benchmarks/RESULTS.md.
 """
 
@@ -104,16 +105,21 @@ def main(argv=None) -> int:
             print(f"repeat {r + 1}/{a.repeats} {a.method}+{aux}: {t * 1000:.1f} ms/step",
                   flush=True)
     med = {aux: statistics.median(v) for aux, v in times.items()}
+    # The machine is noisy (+-15% between repeats): the overhead is the median of
+    # per-repeat ratios, each taken between variants timed back to back.
+    ratio = {aux: statistics.median(t / n for t, n in zip(times[aux], times["none"]))
+             for aux in VARIANTS}
     rows = [f"| {a.method} + {aux} | {med[aux] * 1000:.1f} | {a.batch / med[aux]:.0f} | "
-            f"{med[aux] / med['none']:.2f}x |" for aux in VARIANTS]
+            f"{ratio[aux]:.2f}x |" for aux in VARIANTS]
     body = "\n".join([
         "## Auxiliary heads: cost per training step", "",
         f"Command: `python -m benchmarks.heads --method {a.method} --backbone {a.backbone} "
-        f"--size {a.size} --batch {a.batch} --proj {a.proj}` (fixed in-memory batches, 2 "
+        f"--size {a.size} --batch {a.batch} --proj {a.proj} --steps {a.steps} --warmup "
+        f"{a.warmup} --repeats {a.repeats}` (fixed in-memory batches, 2 "
         f"views, {a.steps} steps after {a.warmup} warm-up, median of {a.repeats} "
         f"interleaved repeats; {device.type}, {str(dtype).removeprefix('torch.')}).", "",
         environment(), "",
-        "| variant | ms / step | images / s | vs method alone |", "|---|---|---|---|",
+        "| variant | ms / step (median) | images / s | vs method alone (median paired ratio) |", "|---|---|---|---|",
         *rows, ""])
     if not a.no_write:
         body += "\n" + bar_plot(f"heads-{device.type}", [f"{a.method} + {aux}" for aux in VARIANTS],
