@@ -24,9 +24,10 @@ import torch
 from benchmarks.report import bar_plot, environment, write_section
 from pipelines.params import identity
 from pipelines.recipe import preset
-from trainer import optim
+from trainer import optim, systems
 from trainer.build import build_objective
 from trainer.config import Config
+from trainer.dist import Env
 
 VARIANTS = ("none", "augself", "equimod")
 
@@ -80,8 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # The trainer's own systems choice (bf16 autocast on GPU, fp32 on CPU).
+    sysm = systems.choose(Config(data="-"), Env())
+    device, dtype = sysm.device, sysm.dtype
     recipe = preset("augself", a.size)
     batch = make_batch(a.batch, a.size, device, dtype)
     models = {}
@@ -92,14 +94,10 @@ def main(argv=None) -> int:
         opt = optim.build(m.param_groups(), "sgd", 0.01, 0.9, 5e-4)
         models[aux] = (m.train(), opt)
     times = {aux: [] for aux in VARIANTS}
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None
     for r in range(a.repeats):
         for aux in VARIANTS:
             m, opt = models[aux]
-            if ctx is not None:
-                with torch.autocast(device.type, dtype=dtype):
-                    t = step_time(m, opt, batch, a.steps, a.warmup, device)
-            else:
+            with sysm.autocast():
                 t = step_time(m, opt, batch, a.steps, a.warmup, device)
             times[aux].append(t)
             print(f"repeat {r + 1}/{a.repeats} {a.method}+{aux}: {t * 1000:.1f} ms/step",

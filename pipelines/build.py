@@ -53,14 +53,20 @@ def available() -> list[str]:
     return out
 
 
-def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
-    backend = available()[0] if cfg.backend == "auto" else cfg.backend
+def resolve_backend(name: str) -> str:
+    """"auto" -> the best backend here; any other name is checked and returned."""
+    backend = available()[0] if name == "auto" else name
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
                          "or auto")
     if backend not in available():
         raise RuntimeError(f"backend {backend!r} is not available here (have: "
                            f"{', '.join(available())})")
+    return backend
+
+
+def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
+    backend = resolve_backend(cfg.backend)
     recipe = preset(cfg.preset, cfg.size, cfg.small_size)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,

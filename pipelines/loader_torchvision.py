@@ -9,17 +9,14 @@ count. The crop box is torchvision's RandomResizedCrop algorithm.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 
 from pipelines import reference
 from pipelines.batch import finish
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.params import FIELDS
-from pipelines.records import Records
+from pipelines.records import Records, open_rgb
 from pipelines.sampling import crop_args, crop_box, crop_params, sample_rest
 
 
@@ -32,7 +29,7 @@ class _Views(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         data, label, index = self.records[i]
-        src = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        src = np.asarray(open_rgb(data))
         h, w = src.shape[:2]
         views, params = [], {k: [] for k in FIELDS}
         idx = torch.tensor([index])

@@ -3,11 +3,18 @@ their DALI index files (offsets), for the torchvision baseline and for tests."""
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+
+def open_rgb(data: bytes) -> Image.Image:
+    """A record's encoded image as an RGB PIL image."""
+    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 class Records:

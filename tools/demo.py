@@ -23,7 +23,6 @@ from pathlib import Path
 from tools import convert_dataset, demo_report, make_synthetic
 
 RUNS = [("SimSiam", "none", "run-simsiam"), ("SimSiam + AugSelf", "augself", "run-simsiam-augself")]
-VOLATILE = ("resume", "progress")  # options that do not change what a run computes
 
 
 def prepare_data(out: Path, n_train: int, n_test: int, seed: int) -> int:
@@ -47,8 +46,10 @@ def prepare_data(out: Path, n_train: int, n_test: int, seed: int) -> int:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k not in VOLATILE} == \
-        {k: v for k, v in b.items() if k not in VOLATILE}
+    """Two configs train the same run: they differ at most where a resume may."""
+    from trainer.config import RESUME_MAY_CHANGE
+    return {k: v for k, v in a.items() if k not in RESUME_MAY_CHANGE} == \
+        {k: v for k, v in b.items() if k not in RESUME_MAY_CHANGE}
 
 
 def pretrain(out: Path, name: str, aux: str, folder: str, a) -> dict:

@@ -13,7 +13,6 @@ float32, ``index``, ``labels`` and ``source_0``, ``source_1``, ... (uint8 HWC).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import numpy as np
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from pipelines.build import BACKENDS, LoaderConfig, build_loader
 from pipelines.recipe import PRESETS
-from pipelines.records import Records
+from pipelines.records import Records, open_rgb
 
 
 def _caption(p: dict, b: int, v: int) -> list[str]:
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
     for i in batch.index.tolist():
         data, _, stored = rec[i]
         assert stored == i, f"record {i} holds index {stored}"
-        sources.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        sources.append(np.asarray(open_rgb(data)))
     p = {k: t.cpu() for k, t in batch.params.items()}
     V, S = len(batch.raw), a.size
     cell_w, cell_h, text_h = max(S, 180) + 8, S + 4, 52  # captions need ~180 px

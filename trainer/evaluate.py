@@ -11,7 +11,6 @@ class names.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines.recipe import preset
-from pipelines.records import Records
+from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.records import Records, open_rgb
 
 
 def labelings(records: Records, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -41,17 +40,15 @@ def labelings(records: Records, labels: np.ndarray) -> dict[str, np.ndarray]:
 def features(backbone, data: str, size: int, device, batch: int = 500):
     """-> (N, F) float32 features on CPU, (N,) labels, the Records."""
     rec = Records(data)
-    r = preset("augself", size)
-    mean = torch.tensor(r.mean).view(1, 3, 1, 1)
-    std = torch.tensor(r.std).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)   # every preset's normalisation
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     backbone.eval()
     feats, labels = [], []
     for lo in range(0, len(rec), batch):
         imgs = []
         for i in range(lo, min(lo + batch, len(rec))):
             data_bytes, label, _ = rec[i]
-            im = Image.open(io.BytesIO(data_bytes)).convert("RGB")
-            im = im.resize((size, size), Image.BILINEAR)
+            im = open_rgb(data_bytes).resize((size, size), Image.BILINEAR)
             imgs.append(torch.from_numpy(np.asarray(im).copy()))
             labels.append(label)
         x = torch.stack(imgs).permute(0, 3, 1, 2).float().div(255)

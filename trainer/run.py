@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.build import LoaderConfig, available, build_loader
+from pipelines.build import LoaderConfig, build_loader, resolve_backend
 from pipelines.records import Records
 from trainer import checkpoint, dist, optim, systems
 from trainer.build import build_objective
@@ -76,7 +76,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     sysm = systems.choose(cfg, env)
-    backend = available()[0] if cfg.backend == "auto" else cfg.backend
+    backend = resolve_backend(cfg.backend)
     preset = resolve_preset(cfg)
     loader = build_loader(LoaderConfig(
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
@@ -131,14 +131,12 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                 out = model(batch)
             loss = out["loss"]
             optimizer.zero_grad(set_to_none=True)
+            (sysm.scaler.scale(loss) if sysm.scaler is not None else loss).backward()
+            objective.method.after_backward(step)
             if sysm.scaler is not None:
-                sysm.scaler.scale(loss).backward()
-                objective.method.after_backward(step)
                 sysm.scaler.step(optimizer)
                 sysm.scaler.update()
             else:
-                loss.backward()
-                objective.method.after_backward(step)
                 optimizer.step()
             step += 1
             objective.method.after_step(step / total)
@@ -161,9 +159,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                 save(step)
             if step >= stop:
                 break
-    bar.close()
-    if not last and step_last < step:
-        last = _global_means(sums, count)
+    bar.close()  # the last step was logged (step == stop): nothing left in ``sums``
     save(step)
     summary = {"run": str(run_dir), "step": step, "final": last, **resolved}
     if env.main:
