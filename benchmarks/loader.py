@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="96,224")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the photometric stage of dali/ffcv")
+                    help="torch.compile the torch photometric stage of dali/ffcv (a GPU "
+                    "device; on a CPU device they use the numba kernel either way)")
     a = ap.parse_args(argv)
     backends = a.backends.split(",")
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -82,14 +83,20 @@ def main(argv=None) -> int:
                     ips = _time(loader, a.batches_per_run)
                     results.setdefault((size, be), []).append(ips)
                     print(f"repeat {r} size {size} {be}: {ips:.0f} img/s", file=sys.stderr)
+    if torch.cuda.is_available():
+        stage = ("Photometric stage of dali/ffcv: batched torch on the GPU, "
+                 f"{'compiled with torch.compile' if a.compile else 'eager'}")
+    else:
+        stage = ("Photometric stage of dali-cpu/ffcv: pipelines/photometric_cpu.py's numba "
+                 "kernel (ffcv: inside its decode op, in the loader threads; dali-cpu: "
+                 "over the batch as it arrives)")
     lines = ["## Loader throughput (benchmarks/loader.py)", "",
              f"Images/s, each image decoded once and giving 2 views with every parameter "
              f"(preset `augself`: crop, flip, colour jitter p 0.8, grayscale 0.2, blur p 0.5), "
              f"normalised float32 channels_last on the device. Source: {a.n_images} synthetic "
              f"500x375 JPEGs. Batch {a.batch}, {a.workers} workers/threads, median of "
              f"{a.repeats} repeats of {a.batches_per_run} batches after a warm-up batch, "
-             "backends interleaved within each repeat. Photometric stage of dali/ffcv "
-             f"{'compiled with torch.compile' if a.compile else 'eager'}.", "",
+             f"backends interleaved within each repeat. {stage}.", "",
              "| view size | " + " | ".join(backends) + " | best / torchvision |",
              "|---|" + "---|" * (len(backends) + 1)]
     for size in sizes:

@@ -36,7 +36,8 @@ class LoaderConfig:
     workers: int = 2           # DataLoader workers / DALI threads / FFCV threads
     device: str | None = None  # default: cuda for dali-gpu or when available, else cpu
     keep_raw: bool = False     # keep uint8 views before normalising (show_views, tests)
-    compile: bool = False      # torch.compile the batched photometric stage (dali, ffcv)
+    compile: bool = False      # torch.compile the torch photometric stage (dali, ffcv on a GPU;
+                               # on a CPU device they run photometric_cpu's kernel instead)
 
 
 def available() -> list[str]:

@@ -9,8 +9,9 @@ exactly like torchvision's RandomResizedCrop: 10 candidate (area fraction, log
 aspect) pairs per view, sides rounded, the first candidate that fits is kept,
 else the centre-crop fallback; position uniform over integer offsets. It is
 emitted as the ``crop`` parameter. Flip, colour, grayscale, blur and solarize
-are drawn and applied batched in torch on the same device (pipelines/batch.py;
-why in photometric.py).
+are drawn in torch and applied on the same device: batched in torch on a GPU
+(pipelines/photometric.py), by photometric_cpu's numba kernel over the batch on
+a CPU device (pipelines/batch.py).
 
 A pipeline is built per epoch with a seed derived from (seed, epoch): an epoch's
 order and crops depend on nothing else, so a resumed run sees what an
@@ -150,6 +151,6 @@ class DaliLoader(EpochLoader):
                                      for v in range(self.recipe.num_views)], dim=1)
                 yield finish(crops, boxes, meta[:, 0], meta[:, 1], self.recipe, self.seed,
                              self.epoch, self.device, self.dtype, self.keep_raw,
-                         apply=self.apply)
+                             apply=self.apply, render_cpu=self.device.type == "cpu")
         finally:
             del pipe

@@ -2,7 +2,10 @@
 decodes each image once, samples V crop boxes (torchvision's RandomResizedCrop
 algorithm, pipelines/sampling.py) and resizes each into its slot, writing the
 boxes to a side output as it crops. Flip, colour, blur and solarize are drawn
-and applied batched in torch on the device (pipelines/batch.py).
+in the op too (counter RNG, the same numbers as sampling.sample_rest) and, on a
+GPU, applied batched in torch on the device (pipelines/batch.py); on a CPU
+device they are applied in the op itself, per view, by photometric_cpu's numba
+kernel, in the loader's threads (2.1x at 224 px on 2 cores: RESULTS.md).
 
 Reproducibility: every box is a function of (seed, epoch, sample index, view)
 through the counter RNG, never of numba's thread scheduling. The epoch reaches
@@ -28,7 +31,7 @@ from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from pipelines import counter_rng
+from pipelines import counter_rng, photometric_cpu
 from pipelines.batch import compiled_apply, finish
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.sampling import crop_args, make_crop_box
@@ -52,13 +55,19 @@ def _multiview_op_class():
     from ffcv.pipeline.compiler import Compiler
 
     class MultiViewCrop(SimpleRGBImageDecoder):
-        """image field -> (crops uint8 (V, S*S*3) per sample, boxes float32 (V, 4)).
-        A subclass of the field's decoder class: FFCV accepts only that as the
-        first operation of an image pipeline."""
+        """image field -> (views uint8 (V, S*S*3), boxes float32 (V, 4), rest
+        float32 (V, 8)) per sample. With ``render`` the views are final (the
+        photometric stage ran here, photometric_cpu), else they are the crops.
+        ``rest`` (photometric_cpu.REST) is drawn either way; its recipe rows are
+        read by address from ``rows_cell`` like the epoch, so a recipe changed
+        between epochs is honoured. A subclass of the field's decoder class:
+        FFCV accepts only that as the first operation of an image pipeline."""
 
-        def __init__(self, recipe, seed: int, epoch_cell: np.ndarray):
+        def __init__(self, recipe, seed: int, epoch_cell: np.ndarray, rows_cell: np.ndarray,
+                     render: bool):
             super().__init__()
             self.recipe, self.seed, self.epoch_cell = recipe, seed, epoch_cell
+            self.rows_cell, self.render = rows_cell, render
             self.smax = max(v.size for v in recipe.views)
 
         def declare_state_and_memory(self, previous_state):
@@ -69,6 +78,7 @@ def _multiview_op_class():
                             dtype=np.dtype("u1")),
                     (AllocationQuery((V, self.smax ** 2 * 3), np.dtype("u1")),
                      AllocationQuery((V, 4), np.dtype("f4")),
+                     AllocationQuery((V, 8), np.dtype("f4")),
                      AllocationQuery((max_h * max_w * np.uint64(3),), np.dtype("u1"))))
 
         def generate_code(self):
@@ -78,14 +88,18 @@ def _multiview_op_class():
             imdecode_c = Compiler.compile(imdecode)
             resize_crop_c = Compiler.compile(resize_crop)
             crop_box_c = Compiler.compile(make_crop_box(numba.njit(counter_rng.uniform_np)))
+            draw_rest, render_view = photometric_cpu.draw_rest, photometric_cpu.render_view
+            render, scratch = self.render, photometric_cpu.scratch_size(self.smax)
+            rows_addr, rows_shape = self.rows_cell.ctypes.data, self.rows_cell.shape
             args = np.array([crop_args(v) for v in self.recipe.views], dtype=np.float64)
             sizes = np.array([v.size for v in self.recipe.views], dtype=np.int64)
             n_views, seed = self.recipe.num_views, self.seed
             epoch_addr = self.epoch_cell.ctypes.data
 
             def decode(batch_indices, my_storage, metadata, storage_state):
-                crops, boxes, temp = my_storage
+                crops, boxes, rest, temp = my_storage
                 epoch = numba.carray(_address_as_pointer(epoch_addr), (1,), np.int64)[0]
+                rows = numba.carray(_address_as_pointer(rows_addr), rows_shape, np.float64)
                 for dst in my_range(len(batch_indices)):
                     src_ix = batch_indices[dst]
                     field = metadata[src_ix]
@@ -105,12 +119,15 @@ def _multiview_op_class():
                         s = sizes[v]
                         out = crops[dst, v, :s * s * 3].reshape(s, s, 3)
                         resize_crop_c(image, top, top + h, left, left + w, out)
+                        draw_rest(rows[v], seed, epoch, src_ix, v, rest[dst, v])
+                        if render:
+                            render_view(out, rest[dst, v], out, np.empty(scratch, np.float32))
                         boxes[dst, v, 0] = top / height
                         boxes[dst, v, 1] = left / width
                         boxes[dst, v, 2] = h / height
                         boxes[dst, v, 3] = w / width
                 n = len(batch_indices)
-                return crops[:n], boxes[:n]
+                return crops[:n], boxes[:n], rest[:n]
 
             decode.is_parallel = True
             return decode
@@ -142,7 +159,13 @@ class FfcvLoader(EpochLoader):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
         self.epoch_cell = np.zeros(1, dtype=np.int64)
-        op = _multiview_op_class()(recipe, seed, self.epoch_cell)
+        self.rows_cell = np.zeros((recipe.num_views, len(photometric_cpu.recipe_row(
+            recipe.views[0]))), dtype=np.float64)
+        # On a CPU device the photometric stage runs in the op (the loader's
+        # threads) as photometric_cpu's kernel; on a GPU it runs batched in torch.
+        self.render_here = torch.device(device).type == "cpu"
+        op = _multiview_op_class()(recipe, seed, self.epoch_cell, self.rows_cell,
+                                   self.render_here)
         self.loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
                              order=OrderOption.SEQUENTIAL, drop_last=drop_last,
                              pipelines={"image": [op], "label": [IntDecoder()],
@@ -157,20 +180,28 @@ class FfcvLoader(EpochLoader):
 
     def __iter__(self):
         self.epoch_cell[0] = self.epoch
+        self.rows_cell[:] = [photometric_cpu.recipe_row(vr) for vr in self.recipe.views]
         self.loader.next_epoch = self.epoch
         epoch_iter = iter(self.loader)
         try:
-            for (crops, boxes), labels, index in epoch_iter:
+            for (crops, boxes, rest), labels, index in epoch_iter:
                 crops = torch.as_tensor(np.asarray(crops))
                 views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
                          for v, vr in enumerate(self.recipe.views)]
-                # The Loader reuses its buffers: copy out before the next batch is produced.
-                views = [x.clone() for x in views]
-                yield finish(views, torch.as_tensor(np.array(boxes)),
-                             torch.as_tensor(np.array(labels)).reshape(-1),
+                boxes = torch.as_tensor(np.array(boxes))
+                done = None
+                if self.render_here:
+                    # Final views: finish() normalises them into new memory (and
+                    # copies raw), before the Loader reuses this buffer.
+                    done = photometric_cpu.fields_of(torch.as_tensor(np.array(rest)))
+                    done["crop"] = boxes
+                else:
+                    # The Loader reuses its buffers: copy out before the next batch.
+                    views = [x.clone() for x in views]
+                yield finish(views, boxes, torch.as_tensor(np.array(labels)).reshape(-1),
                              torch.as_tensor(np.array(index)).reshape(-1), self.recipe, self.seed,
                              self.epoch, self.device, self.dtype, self.keep_raw,
-                             apply=self.apply)
+                             done=done, apply=self.apply)
         finally:
             # An epoch abandoned early (a break, a test taking one batch) must stop
             # FFCV's producer thread, or it keeps decoding into released buffers.
