@@ -107,13 +107,15 @@ def main(argv=None) -> int:
         ratio = f"{best[0] / base:.2f}x ({best[1]})" if base else "-"
         lines.append(f"| {size} px | " + " | ".join(f"{med[be]:.0f}" for be in backends)
                      + f" | {ratio} |")
-    section = "loader-compile" if a.compile else "loader"
+    gpu = torch.cuda.is_available()
+    section = "loader" + ("-gpu" if gpu else "") + ("-compile" if a.compile and gpu else "")
+    where = (f"GPU, {'compiled' if a.compile else 'eager'} torch photometric stage" if gpu
+             else "CPU, numba photometric stage")
     if not a.no_write:
         plot = bar_plot(section, [f"{s} px" for s in sizes],
                         {be: [statistics.median(results[s, be]) for s in sizes]
                          for be in backends}, "images / s (2 views each)",
-                        f"Loader throughput ({'compiled' if a.compile else 'eager'} "
-                        "photometric stage)")
+                        f"Loader throughput ({where})")
         lines += ["", plot]
     lines += ["", f"Command: `python -m benchmarks.loader --n-images {a.n_images} --batch "
               f"{a.batch} --repeats {a.repeats}{' --compile' if a.compile else ''}`", "",
