@@ -135,6 +135,24 @@ def _multiview_op_class():
     return MultiViewCrop
 
 
+def _next(epoch_iter):
+    """The next batch of FFCV's EpochIterator, or None at the end of the epoch.
+    FFCV's own __next__ waits on its queue forever if the producer thread died
+    (an exception there is only printed, e.g. a numba compile error): wait for an
+    item or for the thread's end, and raise then instead of hanging."""
+    q = epoch_iter.output_queue
+    with q.not_empty:  # Queue's own condition: a put() wakes us at once
+        while not q._qsize():
+            if not epoch_iter.is_alive():
+                raise RuntimeError("FFCV's loader thread stopped before the end of the epoch "
+                                   "(its traceback is printed above, on stderr)")
+            q.not_empty.wait(0.5)
+    try:
+        return next(epoch_iter)
+    except StopIteration:
+        return None
+
+
 class _PlanOrder:
     """Stands in for FFCV's traversal order: our EpochPlan's order."""
 
@@ -184,7 +202,8 @@ class FfcvLoader(EpochLoader):
         self.loader.next_epoch = self.epoch
         epoch_iter = iter(self.loader)
         try:
-            for (crops, boxes, rest), labels, index in epoch_iter:
+            while (item := _next(epoch_iter)) is not None:
+                (crops, boxes, rest), labels, index = item
                 crops = torch.as_tensor(np.asarray(crops))
                 views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
                          for v, vr in enumerate(self.recipe.views)]

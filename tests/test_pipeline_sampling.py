@@ -167,3 +167,40 @@ def test_torchvision_worker_decodes_once(small_dataset, monkeypatch):
                                batch_size=8))
     batch = next(iter(loader))
     assert len(batch.views) == 8 and len(calls) == 8  # 8 images, 8 views each, 8 decodes
+
+
+@pytest.mark.ffcv
+def test_ffcv_op_decodes_once_whatever_the_views(tmp_path, monkeypatch):
+    """Count the JPEG decodes FFCV's op makes over a whole epoch: one per image for
+    2 views (augself) and for 8 (swav). The count lives in an array the compiled
+    op reaches by address (as the op reads its epoch); one thread, so no race."""
+    pytest.importorskip("ffcv")
+    import ffcv.libffcv
+    import numba
+
+    from pipelines.loader_ffcv import _address_as_pointer
+    from tools import convert_dataset, make_synthetic
+
+    make_synthetic.generate(tmp_path / "img", (64, 48), 16, 0, seed=3, quiet=True)
+    assert convert_dataset.main([str(tmp_path / "img"), "--split", "train", "--out",
+                                 str(tmp_path / "conv"), "--quiet"]) == 0  # jpg .beton
+    count = np.zeros(1, dtype=np.int64)
+    addr = count.ctypes.data
+    original = ffcv.libffcv.imdecode
+    for name, views in (("augself", 2), ("swav", 8)):
+        # Fresh dispatchers per loader, as FFCV compiles its own: one numba
+        # dispatcher typed from two loaders' threads raced (a KeyError in numba).
+        real = numba.njit(original)
+
+        def counting(source, dst, sh, sw, ch, cw, ox, oy, num, den, crop, flip, real=real):
+            numba.carray(_address_as_pointer(addr), (1,), np.int64)[0] += 1
+            return real(source, dst, sh, sw, ch, cw, ox, oy, num, den, crop, flip)
+
+        monkeypatch.setattr(ffcv.libffcv, "imdecode", counting)
+        count[0] = 0
+        loader = build_loader(_cfg(tmp_path / "conv", "ffcv", preset=name, size=24,
+                                   small_size=12, batch_size=8, workers=1, keep_raw=False))
+        loader.set_epoch(0)
+        batches = list(loader)
+        assert len(batches) == 2 and len(batches[0].views) == views
+        assert count[0] == 16, (name, count[0])
