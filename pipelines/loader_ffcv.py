@@ -9,7 +9,7 @@ kernel, in the loader's threads (2.1x at 224 px on 2 cores: RESULTS.md).
 
 Reproducibility: every box is a function of (seed, epoch, sample index, view)
 through the counter RNG, never of numba's thread scheduling. The epoch reaches
-the compiled code through a one-element array read by address (numba freezes
+the compiled code through an array (epoch, seed) read by address (numba freezes
 captured arrays as constants at compile time, so a plain closure would see the
 first epoch forever).
 
@@ -93,12 +93,16 @@ def _multiview_op_class():
             rows_addr, rows_shape = self.rows_cell.ctypes.data, self.rows_cell.shape
             args = np.array([crop_args(v) for v in self.recipe.views], dtype=np.float64)
             sizes = np.array([v.size for v in self.recipe.views], dtype=np.int64)
-            n_views, seed = self.recipe.num_views, self.seed
+            n_views = self.recipe.num_views
             epoch_addr = self.epoch_cell.ctypes.data
 
             def decode(batch_indices, my_storage, metadata, storage_state):
                 crops, boxes, rest, temp = my_storage
-                epoch = numba.carray(_address_as_pointer(epoch_addr), (1,), np.int64)[0]
+                # (epoch, seed) read at run time: a captured seed would be typed as a
+                # literal, compiling the shared kernels once per seed (and numba's
+                # dispatchers typed with literals from several threads raced, in a test).
+                cell = numba.carray(_address_as_pointer(epoch_addr), (2,), np.int64)
+                epoch, seed = cell[0], cell[1]
                 rows = numba.carray(_address_as_pointer(rows_addr), rows_shape, np.float64)
                 for dst in my_range(len(batch_indices)):
                     src_ix = batch_indices[dst]
@@ -176,7 +180,7 @@ class FfcvLoader(EpochLoader):
         path = Path(data_dir) / "data.beton"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
-        self.epoch_cell = np.zeros(1, dtype=np.int64)
+        self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
         self.rows_cell = np.zeros((recipe.num_views, len(photometric_cpu.recipe_row(
             recipe.views[0]))), dtype=np.float64)
         # On a CPU device the photometric stage runs in the op (the loader's

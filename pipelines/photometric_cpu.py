@@ -49,7 +49,10 @@ def recipe_row(vr: ViewRecipe) -> np.ndarray:
                     dtype=np.float64)
 
 
-@numba.njit(nogil=True, cache=True)
+# fastmath=False stated, not defaulted: numba lets a callee inherit fastmath from
+# its caller, and FFCV compiles its pipeline with fastmath=True; inherited, the
+# multiply-add below became an FMA and the draws moved by 1 ulp from torch's.
+@numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 def draw_rest(row, seed, epoch, index, view, out):
     """The 8 REST values of (seed, epoch, index, view) into ``out`` (float32).
     Mirrors sampling.sample_rest: torch computes ``lo + (hi - lo) * u`` in
