@@ -83,7 +83,8 @@ def main(argv=None) -> int:
                     ips = _time(loader, a.batches_per_run)
                     results.setdefault((size, be), []).append(ips)
                     print(f"repeat {r} size {size} {be}: {ips:.0f} img/s", file=sys.stderr)
-    if torch.cuda.is_available():
+    gpu = torch.cuda.is_available()
+    if gpu:
         stage = ("Photometric stage of dali/ffcv: batched torch on the GPU, "
                  f"{'compiled with torch.compile' if a.compile else 'eager'}")
     else:
@@ -107,7 +108,6 @@ def main(argv=None) -> int:
         ratio = f"{best[0] / base:.2f}x ({best[1]})" if base else "-"
         lines.append(f"| {size} px | " + " | ".join(f"{med[be]:.0f}" for be in backends)
                      + f" | {ratio} |")
-    gpu = torch.cuda.is_available()
     section = "loader" + ("-gpu" if gpu else "") + ("-compile" if a.compile and gpu else "")
     where = (f"GPU, {'compiled' if a.compile else 'eager'} torch photometric stage" if gpu
              else "CPU, numba photometric stage")

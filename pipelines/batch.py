@@ -55,21 +55,20 @@ def finish(crops: list[torch.Tensor], crop_params: torch.Tensor, labels: torch.T
     for v, (crop, vr) in enumerate(zip(crops, recipe.views)):
         if done is not None:
             p = {k: t[:, v].to(device) for k, t in done.items() if k != "crop"}
-        else:
+        elif render_cpu:  # numba imported only where it is asked for
+            from pipelines import photometric_cpu
+
             p = sample_rest(vr, seed, epoch, index, v)
-        if done is None and not render_cpu:
+            crop = crop.contiguous()
+            photometric_cpu.render_batch(crop.numpy(), photometric_cpu.rest_of(p), crop.numpy())
+        else:  # the torch stage, on the device
+            p = sample_rest(vr, seed, epoch, index, v)
             x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             x = apply(x, p, vr)
             if keep_raw:
                 raw.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
             x = ((x - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
-        else:
-            if done is None:  # render_cpu; numba only where it is asked for
-                from pipelines import photometric_cpu
-
-                crop = crop.contiguous()
-                photometric_cpu.render_batch(crop.numpy(), photometric_cpu.rest_of(p),
-                                             crop.numpy())
+        if done is not None or render_cpu:  # final uint8 views
             if keep_raw:
                 raw.append(crop.cpu().clone())
             x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float()

@@ -5,7 +5,7 @@ boxes to a side output as it crops. Flip, colour, blur and solarize are drawn
 in the op too (counter RNG, the same numbers as sampling.sample_rest) and, on a
 GPU, applied batched in torch on the device (pipelines/batch.py); on a CPU
 device they are applied in the op itself, per view, by photometric_cpu's numba
-kernel, in the loader's threads (2.1x at 224 px on 2 cores: RESULTS.md).
+kernel, in the loader's threads (3.8x torchvision at 224 px on 2 cores: RESULTS.md).
 
 Reproducibility: every box is a function of (seed, epoch, sample index, view)
 through the counter RNG, never of numba's thread scheduling. The epoch reaches
@@ -116,6 +116,7 @@ def _multiview_op_class():
                         image = buf.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                     else:
                         image = data.reshape(height, width, 3)
+                    tmp = np.empty(scratch if render else 0, np.float32)
                     for v in range(n_views):
                         top, left, h, w = crop_box_c(int(height), int(width), args[v, 0],
                                                      args[v, 1], args[v, 2], args[v, 3],
@@ -125,7 +126,7 @@ def _multiview_op_class():
                         resize_crop_c(image, top, top + h, left, left + w, out)
                         draw_rest(rows[v], seed, epoch, src_ix, v, rest[dst, v])
                         if render:
-                            render_view(out, rest[dst, v], out, np.empty(scratch, np.float32))
+                            render_view(out, rest[dst, v], out, tmp)
                         boxes[dst, v, 0] = top / height
                         boxes[dst, v, 1] = left / width
                         boxes[dst, v, 2] = h / height
@@ -181,8 +182,7 @@ class FfcvLoader(EpochLoader):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
         self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
-        self.rows_cell = np.zeros((recipe.num_views, len(photometric_cpu.recipe_row(
-            recipe.views[0]))), dtype=np.float64)
+        self.rows_cell = photometric_cpu.recipe_rows(recipe)
         # On a CPU device the photometric stage runs in the op (the loader's
         # threads) as photometric_cpu's kernel; on a GPU it runs batched in torch.
         self.render_here = torch.device(device).type == "cpu"
@@ -202,7 +202,7 @@ class FfcvLoader(EpochLoader):
 
     def __iter__(self):
         self.epoch_cell[0] = self.epoch
-        self.rows_cell[:] = [photometric_cpu.recipe_row(vr) for vr in self.recipe.views]
+        self.rows_cell[:] = photometric_cpu.recipe_rows(self.recipe)
         self.loader.next_epoch = self.epoch
         epoch_iter = iter(self.loader)
         try:
