@@ -1,15 +1,20 @@
-"""Random access to converted records without DALI: the WebDataset shards via
-their DALI index files (offsets), for the torchvision baseline and for tests."""
+"""Random access to converted records without DALI's reader: the WebDataset
+shards via their DALI index files (offsets). Every backend that reads records
+(torchvision, dali-gpu and dali-cpu through ``fn.external_source``) reads them
+here, so they all read sample i from the same bytes."""
 
 from __future__ import annotations
 
 import io
 import json
 import mmap
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+META_FIELDS = ("label", "index", "height", "width")  # int64 little-endian, per sample
 
 
 def open_rgb(data: bytes) -> Image.Image:
@@ -18,7 +23,8 @@ def open_rgb(data: bytes) -> Image.Image:
 
 
 class Records:
-    """records[i] -> (encoded image bytes, label, index), i in dataset order."""
+    """records[i] -> (encoded image bytes, label, index), i in dataset order;
+    ``table()`` -> (N, 4) int64 [label, index, height, width] for every sample."""
 
     def __init__(self, data_dir: str | Path):
         self.dir = Path(data_dir)
@@ -31,16 +37,17 @@ class Records:
             raise FileNotFoundError(f"{self.dir}: converted without records (--no-records)")
         self.tars = [str(self.dir / "records" / s["tar"]) for s in rec["shards"]]
         self.idxs = [str(self.dir / "records" / s["index"]) for s in rec["shards"]]
-        self.entries = []  # (shard, img_offset, img_size, meta_offset)
+        rows = []  # (shard, img_offset, img_size, meta_offset, meta_size)
         for k, idx in enumerate(self.idxs):
-            lines = Path(idx).read_text().splitlines()[1:]
-            for line in lines:
+            for line in Path(idx).read_text().splitlines()[1:]:
                 parts = line.split()
                 comp = {parts[j]: (int(parts[j + 1]), int(parts[j + 2]))
                         for j in range(0, len(parts), 4)}
                 img = comp.get("jpg") or comp.get("png")
-                self.entries.append((k, img[0], img[1], comp["meta"][0]))
+                rows.append((k, img[0], img[1], *comp["meta"]))
+        self.entries = np.array(rows, dtype=np.int64).reshape(-1, 5)
         self._maps: dict[int, mmap.mmap] = {}
+        self._table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -48,14 +55,55 @@ class Records:
     def _map(self, k: int) -> mmap.mmap:
         if k not in self._maps:  # opened lazily: each DataLoader worker maps its own
             with open(self.tars[k], "rb") as f:
-                self._maps[k] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # ACCESS_COPY: views of it are writable numpy arrays (DALI's external
+                # source wants those) without copying; nothing is ever written back.
+                self._maps[k] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         return self._maps[k]
 
     def __getitem__(self, i: int) -> tuple[bytes, int, int]:
-        k, off, size, moff = self.entries[i]
+        k, off, size, moff, _ = self.entries[i].tolist()
         m = self._map(k)
         label, index = np.frombuffer(m[moff:moff + 16], dtype="<i8")
         return m[off:off + size], int(label), int(index)
+
+    def encoded(self, ids) -> list[np.ndarray]:
+        """The encoded images of samples ``ids`` as uint8 arrays that view the
+        shards' memory maps (no copy; the pages are read by whoever reads them)."""
+        out = []
+        for k, off, size in self.entries[np.asarray(ids, dtype=np.int64), :3].tolist():
+            out.append(np.frombuffer(self._map(k), dtype=np.uint8, count=size, offset=off))
+        return out
+
+    def table(self) -> np.ndarray:
+        """(N, 4) int64: label, index, height, width of every sample (read once,
+        vectorised per shard). Records converted before the size was stored in
+        the meta member (16-byte meta) get it from each image's header instead."""
+        if self._table is not None:
+            return self._table
+        out = np.zeros((len(self), 4), dtype=np.int64)
+        old = []
+        for k in range(len(self.tars)):
+            rows = np.flatnonzero(self.entries[:, 0] == k)
+            if not len(rows):
+                continue
+            whole = np.frombuffer(self._map(k), dtype=np.uint8)
+            width = self.entries[rows, 4]
+            for n_bytes, n_fields in ((32, 4), (16, 2)):
+                sel = rows[width == n_bytes]
+                offs = self.entries[sel, 3][:, None] + np.arange(n_bytes)
+                out[sel, :n_fields] = whole[offs].view("<i8").reshape(-1, n_fields)
+            if ((width != 32) & (width != 16)).any():
+                raise ValueError(f"{self.tars[k]}: a .meta member is neither 16 nor 32 bytes; "
+                                 "not a dataset written by tools/convert_dataset.py")
+            old += rows[width == 16].tolist()
+        if old:
+            print(f"{self.dir}: records converted before image sizes were stored; reading "
+                  f"{len(old)} image headers (re-convert to skip this)", file=sys.stderr)
+            for i in old:
+                w, h = Image.open(io.BytesIO(self[i][0])).size  # header only
+                out[i, 2:] = h, w
+        self._table = out
+        return out
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -14,7 +14,8 @@ def manifest(out: Path) -> dict:
 
 
 def read_records(out: Path, batch_size: int = 64):
-    """All samples of out/records, in order: (list of HWC uint8 arrays, labels, indices)."""
+    """All samples of out/records, in order: (list of HWC uint8 arrays, labels, indices).
+    The meta member's stored (height, width) must be each decoded image's size."""
     from nvidia.dali import fn, pipeline_def, types
 
     shards = manifest(out)["outputs"]["records"]["shards"]
@@ -39,6 +40,8 @@ def read_records(out: Path, batch_size: int = 64):
         images += [np.array(img.at(k)) for k in range(len(img))]
         metas += [np.array(meta.at(k)) for k in range(len(meta))]
     images, metas = images[:total], np.stack(metas[:total])
+    assert metas.shape[1] == 4 and [tuple(m) for m in metas[:, 2:].tolist()] == \
+        [im.shape[:2] for im in images], "meta sizes differ from the decoded images"
     return images, metas[:, 0], metas[:, 1]
 
 

@@ -33,7 +33,7 @@ from tools.image_decode import BadImage, Decoded, encode, load_rgb, shrink
 from tools.sources import FORMATS, SourceError, open_source
 from tools.staging import OutputError, StagedOutput
 
-TOOL_VERSION = "1.0"
+TOOL_VERSION = "1.1"  # 1.1: record meta holds the image size too
 OUTPUTS = ["data.beton", "records", "manifest.json"]
 
 # Set in the parent before forking; workers inherit it (no pickling of arrays).
@@ -180,7 +180,7 @@ def convert(args) -> dict:
                     continue
                 if shards is not None:
                     shards.write(len(valid), source.label(i), record,
-                                 "jpg" if record[:2] == b"\xff\xd8" else "png")
+                                 "jpg" if record[:2] == b"\xff\xd8" else "png", hw)
                 valid.append(i)
                 heights.append(hw[0])
                 widths.append(hw[1])
@@ -214,7 +214,8 @@ def convert(args) -> dict:
                          "record_codec", "shard_size", "workers", "strict")},
             "outputs": {"beton": None if args.no_beton else "data.beton",
                         "records": None if args.no_records else
-                        {"folder": "records", "shards": shard_list}},
+                        {"folder": "records", "shards": shard_list,
+                         "meta": ["label", "index", "height", "width"]}},
             "problems": problems,
             "ignored": source.ignored[:1000],
             "seconds": {"decode_and_records": round(t1 - t0, 3), "beton": round(beton_seconds, 3)},

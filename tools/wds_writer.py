@@ -3,11 +3,13 @@
 Each sample is two members sharing the key ``%09d`` (its index in the dataset):
 
     <key>.jpg | <key>.png   the encoded RGB image
-    <key>.meta              int64 little-endian [label, index] (label -1 when
-                            unlabelled), read by DALI with dtypes=INT64
+    <key>.meta              int64 little-endian [label, index, height, width]
+                            (label -1 when unlabelled; height and width of the
+                            decoded image, so that a loader can draw crop boxes
+                            before decoding), read by DALI with dtypes=INT64
 
 Every tar member costs at least 1 KiB (header + one padded block), more than a
-CIFAR JPEG, so label and index share one member instead of one each.
+CIFAR JPEG, so label, index and size share one member instead of one each.
 
 Tar headers are deterministic (mtime 0, uid/gid 0, mode 0644): the same input
 gives byte-identical shards. The index of each shard is made by DALI's own
@@ -46,12 +48,14 @@ class ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._in_shard = 0
 
-    def write(self, index: int, label: int, image: bytes, ext: str) -> None:
+    def write(self, index: int, label: int, image: bytes, ext: str,
+              size: tuple[int, int]) -> None:
+        """``size``: (height, width) of the image once decoded (EXIF applied)."""
         if self._tar is None or self._in_shard == self.shard_size:
             self._open_next()
         key = f"{index:09d}"
         members = [(f"{key}.{ext}", image),
-                   (f"{key}.meta", np.array([label, index], dtype="<i8").tobytes())]
+                   (f"{key}.meta", np.array([label, index, *size], dtype="<i8").tobytes())]
         for name, payload in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(payload), 0, 0o644
