@@ -5,9 +5,10 @@ Sharding: the order is cut into global batches of B x W samples and rank r takes
 the r-th slice of B of each, so W ranks with batch B see at every step exactly
 the samples one process with batch B x W sees (a 2-rank run can equal a
 1-rank run). A last partial global batch (drop_last off) is split as evenly as
-possible. Shard sizes equal the contiguous split [floor(N r / W), floor(N (r+1)
-/ W)) that DALI's readers make, so step counts agree across backends; DALI's
-reader shards contiguously, so only its sizes (not its samples) follow this. Last partial batch: dropped when
+possible. Every backend (DALI through its external source, FFCV through its traversal
+order, torchvision through its sampler) reads exactly this order. Shard sizes
+are those of the contiguous split [floor(N r / W), floor(N (r+1) / W)). Last
+partial batch: dropped when
 ``drop_last`` (training default: every step sees a full batch), else yielded
 smaller. Epochs are explicit: the loop calls set_epoch(e); nothing carries over.
 """

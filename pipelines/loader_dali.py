@@ -1,26 +1,36 @@
-"""DALI backends: ``dali-gpu`` (mixed decoding, everything on the GPU) and
+"""DALI backends: ``dali-gpu`` (mixed decoding, crops on the GPU) and
 ``dali-cpu`` (the same graph with device_id=None).
 
-The graph reads the WebDataset records (``fn.readers.webdataset``, sharded with
-shard_id/num_shards), decodes each image once, and for each of the V views
-samples a crop box in the graph and resizes that region (one decode, V resizes:
-the decoder node appears once in the graph whatever V is). The box is sampled
-exactly like torchvision's RandomResizedCrop: 10 candidate (area fraction, log
-aspect) pairs per view, sides rounded, the first candidate that fits is kept,
-else the centre-crop fallback; position uniform over integer offsets. It is
-emitted as the ``crop`` parameter. Flip, colour, grayscale, blur and solarize
-are drawn in torch and applied on the same device: batched in torch on a GPU
-(pipelines/photometric.py), by photometric_cpu's numba kernel over the batch on
-a CPU device (pipelines/batch.py).
+One order and one RNG (DESIGN.md): DALI reads nothing on its own. An
+``fn.external_source`` callback (``_Feeder``) hands the graph, batch by batch,
+the encoded bytes of exactly the samples ``EpochPlan`` gives this rank, in that
+order (views of the shards' memory maps, through their index files: no copy,
+DALI's threads touch the pages), and each view's crop box as the resize's region
+of interest. The boxes are ``sampling.crop_boxes`` on the image size stored in
+the record's meta: the counter RNG's (seed, epoch, index, view) draws that every
+backend makes, so dali-gpu, dali-cpu, ffcv and torchvision emit the same samples
+with the same parameters, and W ranks see what one process sees. The graph
+decodes each image once and resizes V regions of it (antialiased linear, as
+torchvision's bilinear). Flip, colour, grayscale, blur and solarize are drawn
+with the counter RNG too and applied after: batched in torch on a GPU
+(pipelines/photometric.py), by photometric_cpu's numba kernel on a CPU device.
 
-A pipeline is built per epoch with a seed derived from (seed, epoch): an epoch's
-order and crops depend on nothing else, so a resumed run sees what an
-uninterrupted one saw.
+Lifetime: the pipeline is built once, with the loader, and lives as long as it.
+The feeder's stream of batches runs on from one epoch into the next
+(speculatively: epoch e+1 from batch 0), so DALI's prefetch never stops at an
+epoch boundary. A ticket per scheduled batch (which samples, their labels and
+boxes) waits in a FIFO next to DALI's own queue; ``__iter__`` checks that the
+front ticket is the batch it wants, and otherwise (a resumed run, an abandoned
+epoch) points the feeder at the wanted batch and drains the stale ones.
+Outputs are copied into torch before the next ``run``; on a GPU the copy runs on
+a side stream that the training stream waits on, and DALI's buffers are held
+until the copy's event has passed.
 """
 
 from __future__ import annotations
 
-import math
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,88 +38,106 @@ import torch
 from pipelines.batch import compiled_apply, finish
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.records import Records
+from pipelines.sampling import crop_boxes, crop_fields
 
-ATTEMPTS = 10
-
-
-def _sample_box(shape, vr):
-    """shape: float (H, W, C) per sample -> float (top, left, h, w) in pixels."""
-    import nvidia.dali.math as dmath
-    from nvidia.dali import fn, types
-
-    H, W = shape[0], shape[1]
-    area = H * W
-    s = fn.random.uniform(range=list(vr.scale), shape=[ATTEMPTS])
-    logr = fn.random.uniform(range=[math.log(vr.ratio[0]), math.log(vr.ratio[1])],
-                             shape=[ATTEMPTS])
-    ar = dmath.exp(logr)
-    w = dmath.floor(dmath.sqrt(area * s * ar) + 0.5)
-    h = dmath.floor(dmath.sqrt(area * s / ar) + 0.5)
-    ok = fn.cast((w <= W) & (h <= H) & (w > 0) & (h > 0), dtype=types.FLOAT)
-    # The first fitting candidate: rank k-th attempt by (ATTEMPTS - k), keep the max.
-    order = types.Constant(np.arange(ATTEMPTS, 0, -1, dtype=np.float32), device="cpu")
-    rank = ok * order
-    best = fn.reductions.max(rank)
-    pick = fn.cast(rank == best, dtype=types.FLOAT) * ok
-    found = fn.cast(best > 0, dtype=types.FLOAT)
-    w_s = fn.reductions.sum(pick * w)
-    h_s = fn.reductions.sum(pick * h)
-    # torchvision's fallback: the whole image, aspect clamped into the ratio range.
-    w_f = dmath.min(W, dmath.floor(H * vr.ratio[1] + 0.5))
-    h_f = dmath.min(H, dmath.floor(W / vr.ratio[0] + 0.5))
-    w = found * w_s + (1 - found) * w_f
-    h = found * h_s + (1 - found) * h_f
-    u = fn.random.uniform(range=[0.0, 1.0], shape=[2])
-    top_s = dmath.min(dmath.floor(u[0] * (H - h + 1)), H - h)
-    left_s = dmath.min(dmath.floor(u[1] * (W - w + 1)), W - w)
-    top = found * top_s + (1 - found) * dmath.floor((H - h) / 2)
-    left = found * left_s + (1 - found) * dmath.floor((W - w) / 2)
-    return top, left, h, w
+PREFETCH = 2  # batches DALI works on ahead of the one being consumed
 
 
-def build_pipeline(tars, idxs, recipe, batch_size, seed, shuffle, rank, world, device_id,
-                   threads):
+@dataclass
+class _Ticket:
+    """One scheduled batch: what the host knows about what DALI is decoding."""
+    epoch: int
+    batch: int
+    labels: np.ndarray      # int64 (B,)
+    index: np.ndarray       # int64 (B,), dataset index
+    crop: np.ndarray        # float32 (B, V, 4), the schema's crop field
+    inputs: tuple           # what DALI was fed (no_copy: kept alive until consumed)
+
+
+class _Feeder:
+    """The external source's callback: each call returns the next batch of the
+    stream (epoch, batch) -> (epoch, batch + 1) -> ... -> (epoch + 1, 0) as
+    (encoded images, roi_start and roi_end per view), and queues its ticket."""
+
+    def __init__(self, records: Records, plan: EpochPlan, views, seed: int):
+        self.records, self.plan, self.views, self.seed = records, plan, views, seed
+        self.table = records.table()
+        self.tickets: deque[_Ticket] = deque()
+        self.at = (0, 0)
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 1:  # the stream only ever needs two epochs at once
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.asarray(self.plan.order(epoch), dtype=np.int64)
+        return self._orders[epoch]
+
+    def seek(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def __call__(self):
+        epoch, b = self.at
+        B = self.plan.batch_size
+        ids = self.order(epoch)[b * B:(b + 1) * B]
+        rows = self.table[ids]
+        labels, index, heights, widths = rows.T
+        boxes = crop_boxes(heights, widths, self.views, self.seed, epoch, index)
+        inputs = [self.records.encoded(ids)]
+        for v in range(len(self.views)):
+            top_left = boxes[:, v, :2].astype(np.float32)
+            inputs += [top_left, top_left + boxes[:, v, 2:].astype(np.float32)]
+        crop = crop_fields(boxes, heights, widths)
+        self.tickets.append(_Ticket(epoch, b, labels.copy(), index.copy(), crop, tuple(inputs)))
+        self.at = (epoch, b + 1) if b + 1 < self.plan.num_batches else (epoch + 1, 0)
+        return tuple(inputs)
+
+
+def build_pipeline(source, recipe, batch_size: int, device_id, threads: int):
+    """The graph: encoded bytes and per-view regions in, V uint8 (S_v, S_v, 3)
+    views out. One decoder node whatever V is (tests count it)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=2)
+    V = recipe.num_views
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
+                  prefetch_queue_depth=PREFETCH)
     def pipe():
-        jpegs, meta = fn.readers.webdataset(
-            paths=tars, index_paths=idxs, ext=["jpg;png", "meta"],
-            dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
-            shard_id=rank, num_shards=world, random_shuffle=shuffle,
-            initial_fill=4096, pad_last_batch=True, seed=seed, name="reader")
-        shape = fn.cast(fn.peek_image_shape(jpegs), dtype=types.FLOAT)
-        images = fn.decoders.image(jpegs, device="cpu" if device_id is None else "mixed",
+        inputs = fn.external_source(
+            source=source, num_outputs=1 + 2 * V, batch=True, no_copy=True,
+            dtype=[types.UINT8] + [types.FLOAT] * (2 * V), ndim=[1] * (1 + 2 * V))
+        images = fn.decoders.image(inputs[0], device="cpu" if device_id is None else "mixed",
                                    output_type=types.RGB)
-        outs = [meta]
-        for vr in recipe.views:
-            top, left, h, w = _sample_box(shape, vr)
-            view = fn.resize(images, size=[vr.size, vr.size],
-                             roi_start=fn.stack(top, left), roi_end=fn.stack(top + h, left + w),
-                             roi_relative=False, interp_type=types.INTERP_LINEAR,
-                             antialias=True)
-            crop = fn.stack(top / shape[0], left / shape[1], h / shape[0], w / shape[1])
-            outs += [view, crop]
-        return tuple(outs)
+        views = []
+        for v, vr in enumerate(recipe.views):
+            views.append(fn.resize(images, size=[vr.size, vr.size],
+                                   roi_start=inputs[1 + 2 * v], roi_end=inputs[2 + 2 * v],
+                                   roi_relative=False, interp_type=types.INTERP_LINEAR,
+                                   antialias=True))
+        return tuple(views)
 
     p = pipe()
     p.build()
     return p
 
 
-def _to_torch(tl, device: torch.device) -> torch.Tensor:
-    """A dense DALI TensorList (CPU or GPU) -> torch tensor on ``device``."""
-    if hasattr(tl, "as_cpu") and device.type == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+def to_torch(tl, device: torch.device, stream=None) -> torch.Tensor:
+    """A dense DALI TensorList (CPU or GPU) -> a torch tensor of the same dtype
+    on ``device``, in memory of its own (DALI may reuse its buffer once the copy
+    is done). GPU -> cuda: copied on ``stream`` (non-blocking when given).
+    The kind is told by type: every DALI tensor class has ``as_cpu`` (the old
+    test on that attribute sent CPU outputs down the GPU copy: a segfault)."""
+    from nvidia.dali.backend import TensorGPU, TensorListGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        t = tl.as_tensor()
-        out = torch.empty(t.shape(), dtype=torch.uint8 if t.dtype == "uint8" else None,
-                          device=device)
-        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
+    on_gpu = isinstance(tl, (TensorGPU, TensorListGPU))
+    t = tl.as_tensor() if hasattr(tl, "as_tensor") else tl
+    if on_gpu and device.type == "cuda":
+        out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
+        feed_ndarray(t, out, cuda_stream=stream)
         return out
-    arr = np.array(tl.as_cpu().as_tensor() if hasattr(tl, "as_cpu") else tl.as_tensor())
-    return torch.from_numpy(arr)
+    arr = np.array(t.as_cpu() if on_gpu else t)  # a copy, host-synchronous
+    return torch.from_numpy(arr).to(device)
 
 
 class DaliLoader(EpochLoader):
@@ -119,38 +147,65 @@ class DaliLoader(EpochLoader):
                  drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
                  threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
                  compile: bool = False):
-        records = Records(data_dir)
-        self.tars, self.idxs = records.tars, records.idxs
-        self.plan = EpochPlan(len(records), batch_size, seed, shuffle, drop_last, rank, world)
-        self.recipe, self.seed, self.threads = recipe, seed, threads
         if gpu and not torch.cuda.is_available():
             raise RuntimeError("dali-gpu needs a CUDA device; use dali-cpu on this machine")
-        self.device_id = torch.cuda.current_device() if gpu else None
+        records = Records(data_dir)
+        self.plan = EpochPlan(len(records), batch_size, seed, shuffle, drop_last, rank, world)
+        self.recipe, self.seed = recipe, seed
         self.device = torch.device(device or ("cuda" if gpu else "cpu"))
+        if gpu and self.device.type != "cuda":
+            raise ValueError(f"dali-gpu delivers on a CUDA device, not {self.device}")
         self.dtype, self.keep_raw = dtype, keep_raw
         self.apply = compiled_apply(compile)
+        self.feeder = _Feeder(records, self.plan, recipe.views, seed)
+        device_id = (self.device.index if self.device.index is not None
+                     else torch.cuda.current_device()) if gpu else None
+        # DALI refuses num_threads < 1; --workers 0 ("no extra workers") means one.
+        self.threads = max(1, threads)
+        self.pipe = build_pipeline(self.feeder, recipe, batch_size, device_id, self.threads)
+        self.builds = 1  # the pipeline is never rebuilt (a test holds us to it)
+        self._stream = torch.cuda.Stream(self.device) if gpu else None
+        self._held = None  # (DALI outputs, event of their copy): alive until copied
+
+    def _next_outputs(self):
+        """The outputs of the next scheduled batch and its ticket."""
+        if self._held is not None:  # the previous copies are done before DALI reuses
+            self._held[1].synchronize()  # their buffers (only the copy stream waits)
+            self._held = None
+        outs = self.pipe.run()
+        return outs, self.feeder.tickets.popleft()
+
+    def _views(self, outs, n: int) -> list[torch.Tensor]:
+        if self._stream is None:
+            return [to_torch(o, self.device)[:n] for o in outs]
+        with torch.cuda.stream(self._stream):  # memory owned by the copy stream
+            views = [to_torch(o, self.device, self._stream) for o in outs]
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        for x in views:
+            x.record_stream(current)  # freed only once the training stream is done with it
+        self._held = (outs, done)
+        return views
 
     def __iter__(self):
-        p = self.plan
-        seed = int(np.random.default_rng([self.seed, self.epoch, 0xDA11]).integers(2**31))
-        pipe = build_pipeline(self.tars, self.idxs, self.recipe, p.batch_size, seed, p.shuffle,
-                              p.rank, p.world, self.device_id, self.threads)
-        left = p.shard_size
-        try:
-            for _ in range(self.skip):  # resuming mid-epoch: the reader and the in-graph
-                pipe.run()              # sampler must advance exactly as they did
-                left -= p.batch_size
-            for _ in range(p.num_batches - self.skip):
-                out = pipe.run()
-                n = min(p.batch_size, left)  # the reader pads the last batch: trim
-                left -= n
-                meta = _to_torch(out[0], torch.device("cpu"))[:n]
-                crops = [_to_torch(out[1 + 2 * v], self.device)[:n]
-                         for v in range(self.recipe.num_views)]
-                boxes = torch.stack([_to_torch(out[2 + 2 * v], torch.device("cpu"))[:n]
-                                     for v in range(self.recipe.num_views)], dim=1)
-                yield finish(crops, boxes, meta[:, 0], meta[:, 1], self.recipe, self.seed,
-                             self.epoch, self.device, self.dtype, self.keep_raw,
-                             apply=self.apply, render_cpu=self.device.type == "cpu")
-        finally:
-            del pipe
+        want = (self.epoch, self.skip)
+        if self.skip >= self.plan.num_batches:
+            return
+        fifo = self.feeder.tickets
+        if not fifo or (fifo[0].epoch, fifo[0].batch) != want:
+            # Work already scheduled is not this epoch's from `skip` (first use, a
+            # resume, an abandoned epoch): point the stream here, drop the rest.
+            self.feeder.seek(*want)
+            for _ in range(len(fifo)):
+                self._next_outputs()
+        for b in range(self.skip, self.plan.num_batches):
+            outs, t = self._next_outputs()
+            assert (t.epoch, t.batch) == (self.epoch, b), "DALI and its feeder fell out of step"
+            n = len(t.index)
+            crops = self._views(outs, n)
+            yield finish(crops, torch.from_numpy(t.crop), torch.from_numpy(t.labels),
+                         torch.from_numpy(t.index), self.recipe, self.seed, self.epoch,
+                         self.device, self.dtype, self.keep_raw, apply=self.apply,
+                         render_cpu=self.device.type == "cpu")

@@ -66,6 +66,46 @@ def crop_params(box, height: int, width: int) -> np.ndarray:
     return np.array([top / height, left / width, h / height, w / width], dtype=np.float32)
 
 
+_BATCH_KERNEL = None
+
+
+def crop_boxes(heights: np.ndarray, widths: np.ndarray, views, seed: int, epoch: int,
+               index: np.ndarray) -> np.ndarray:
+    """crop_box for a batch: samples ``index`` (B,) of sizes (heights, widths),
+    every view of ``views`` (ViewRecipes) -> int64 (B, V, 4) (top, left, h, w).
+    The same function compiled by numba (fastmath off: the numbers are those of
+    the plain-Python crop_box, bit for bit, which a test checks), so a loader
+    draws a batch's boxes on the host in microseconds, without per-sample Python."""
+    global _BATCH_KERNEL
+    if _BATCH_KERNEL is None:
+        import numba
+
+        box = numba.njit(fastmath=False)(make_crop_box(numba.njit(fastmath=False)(
+            cr.uniform_np)))
+
+        @numba.njit(fastmath=False)
+        def kernel(h, w, args, seed, epoch, index, out):
+            for b in range(len(index)):
+                for v in range(args.shape[0]):
+                    t, lf, hh, ww = box(h[b], w[b], args[v, 0], args[v, 1], args[v, 2],
+                                        args[v, 3], seed, epoch, index[b], v)
+                    out[b, v, 0], out[b, v, 1], out[b, v, 2], out[b, v, 3] = t, lf, hh, ww
+
+        _BATCH_KERNEL = kernel
+    args = np.array([crop_args(v) for v in views], dtype=np.float64).reshape(-1, 4)
+    out = np.empty((len(index), len(args), 4), dtype=np.int64)
+    _BATCH_KERNEL(np.asarray(heights, np.int64), np.asarray(widths, np.int64), args,
+                  np.int64(seed), np.int64(epoch), np.asarray(index, np.int64), out)
+    return out
+
+
+def crop_fields(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Pixel boxes (B, V, 4) -> schema crop field float32 (B, V, 4), the numbers
+    crop_params gives one box at a time (float64 quotient, then float32)."""
+    hw = np.stack([heights, widths, heights, widths], axis=-1).astype(np.float64)[:, None]
+    return (boxes / hw).astype(np.float32)
+
+
 def sample_rest(recipe_view: ViewRecipe, seed: int, epoch: int, index: torch.Tensor,
                 view: int) -> dict[str, torch.Tensor]:
     """flip, color, gray, blur, solarize for samples ``index`` (B,) of view ``view``:
