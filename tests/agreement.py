@@ -25,8 +25,9 @@ def sources(data_dir) -> dict[int, np.ndarray]:
 def view_psnrs(batch, recipe, srcs) -> np.ndarray:
     """(B, V) PSNR of each emitted view against the reference re-render."""
     out = np.zeros((len(batch), recipe.num_views))
+    params = {k: t.cpu() for k, t in batch.params.items()}  # the reference runs on the CPU
     for b, idx in enumerate(batch.index.tolist()):
         for v, vr in enumerate(recipe.views):
-            want = reference.render(srcs[idx], view(batch.params, b, v), vr)
+            want = reference.render(srcs[idx], view(params, b, v), vr)
             out[b, v] = psnr(batch.raw[v][b].numpy(), want)
     return out

@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 HAVE_FFCV = importlib.util.find_spec("ffcv") is not None
+
+
+def _share_cores() -> None:
+    """Under pytest-xdist, each worker gets its share of the cores for torch's
+    threads (and the trainers it starts inherit it): 6 workers of 16 threads each,
+    plus the ranks the DDP tests start, starved a 16-core GPU machine until tests
+    timed out. An OMP_NUM_THREADS set by the caller wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        import torch
+
+        torch.set_num_threads(share)
+
+
+_share_cores()
 
 
 def pytest_runtest_setup(item):
@@ -33,14 +51,15 @@ def run_tool(module: str, *args: str):
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory):
     """200 synthetic 160x120 images converted with a raw .beton (so every backend
-    decodes the same pixels as PIL does from the records)."""
+    decodes the same pixels as PIL does from the records); records only where FFCV
+    is not installed (most GPU machines)."""
     from tools import convert_dataset, make_synthetic
 
     root = tmp_path_factory.mktemp("small")
     make_synthetic.generate(root / "images", (160, 120), 200, 0, seed=5, quiet=True)
     rc = convert_dataset.main([str(root / "images"), "--split", "train", "--out",
                                str(root / "conv"), "--write-mode", "raw", "--quiet",
-                               "--shard-size", "64"])
+                               "--shard-size", "64", *([] if HAVE_FFCV else ["--no-beton"])])
     assert rc == 0
     return root / "conv"
 

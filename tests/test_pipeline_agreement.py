@@ -57,8 +57,9 @@ def test_views_match_reference(small_dataset, backend, name):
     assert ps.min() >= lo_min and np.median(ps) >= lo_median, (ps.min(), np.median(ps))
     # The normalised views are the raw ones, normalised.
     mean, std = torch.tensor(recipe.mean).view(3, 1, 1), torch.tensor(recipe.std).view(3, 1, 1)
-    raw = batch.raw[0][0].permute(2, 0, 1).float() / 255
-    torch.testing.assert_close(batch.views[0][0], (raw - mean) / std, atol=3e-2, rtol=0)
+    raw = batch.raw[0][0].permute(2, 0, 1).float() / 255  # raw views are on the CPU
+    torch.testing.assert_close(batch.views[0][0].cpu().float(), (raw - mean) / std, atol=3e-2,
+                               rtol=0)
 
 
 def _shifted(crop, dy, dx, h, w):
@@ -78,12 +79,13 @@ def test_emitted_box_is_the_one_applied(small_dataset, backend):
         loader.dataset.recipe = loader.recipe
     batch = next(iter(loader))
     srcs = sources(small_dataset)
+    params = {k: t.cpu() for k, t in batch.params.items()}  # the reference runs on the CPU
     wins = total = 0
     for b, idx in enumerate(batch.index.tolist()):
         src = srcs[idx]
         H, W = src.shape[:2]
         for v, vr in enumerate(loader.recipe.views):
-            p = view(batch.params, b, v)
+            p = view(params, b, v)
             got = batch.raw[v][b].numpy()
             good = psnr(got, reference.render(src, p, vr))
             top, left, h, w = reference.box_pixels(p["crop"], H, W)

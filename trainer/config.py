@@ -74,7 +74,8 @@ class Config:
     warmup_epochs: float = opt(0.0, "linear warm-up before the cosine decay, in epochs")
     # systems
     precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU; fp16 adds a "
-                         "GradScaler", ["auto", "fp32", "bf16", "fp16"])
+                         "GradScaler; fp64 runs everything in float64 (slow: a reference "
+                         "for numerical checks)", ["auto", "fp32", "bf16", "fp16", "fp64"])
     channels_last: bool = opt(True, "channels_last memory format (faster on GPU and CPU)")
     compile: bool = opt(False, "torch.compile the backbone")
     device: str = opt("auto", "auto: cuda when available (cuda:LOCAL_RANK under torchrun)")

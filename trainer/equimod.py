@@ -49,7 +49,10 @@ class EquiMod(nn.Module):
     def forward(self, feats: list[torch.Tensor], batch) -> dict[str, torch.Tensor]:
         y1, y2 = self.projector(feats[0]), self.projector(feats[1])
         p1, p2 = flat_params(batch.params, 0), flat_params(batch.params, 1)
-        t = self.embed(torch.cat([torch.cat([p1, p2], 1), torch.cat([p2, p1], 1)], 0))
+        pairs = torch.cat([torch.cat([p1, p2], 1), torch.cat([p2, p1], 1)], 0)
+        # Parameters are float32 (the Batch contract); the embedding's weights are
+        # float32 too, except in an fp64 reference run.
+        t = self.embed(pairs.to(y1.dtype if y1.dtype == torch.float64 else pairs.dtype))
         y_hat = self.predictor(torch.cat([torch.cat([y1, y2], 0), t.to(y1.dtype)], 1))
         loss = losses.nt_xent(torch.cat([y2, y1], 0), y_hat, self.temperature)
         return {"loss": self.weight * loss, "equimod": loss.detach()}

@@ -137,7 +137,7 @@ class MoCo(Method):
             k = F.normalize(self.target_projector(self.target_backbone(batch.views[1])), dim=1)
         loss = losses.moco_infonce(q, k, self.queue.clone(), self.temperature)
         with torch.no_grad():
-            keys = dist.gather(k.float())
+            keys = dist.gather(k.to(self.queue.dtype))  # bf16 keys into the fp32 queue
             pos = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
             self.queue[pos] = keys
             self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))

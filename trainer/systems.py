@@ -22,7 +22,7 @@ class Systems:
     scaler: torch.amp.GradScaler | None
 
     def autocast(self):
-        if self.dtype == torch.float32:
+        if self.dtype in (torch.float32, torch.float64):  # no autocast: weights' own dtype
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
@@ -38,7 +38,8 @@ def choose(cfg: Config, env: Env) -> Systems:
     if precision == "auto":
         # bf16 on GPU; fp32 on CPU, where bf16 autocast is ~20x slower on these machines.
         precision = "bf16" if device.type == "cuda" else "fp32"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+             "fp64": torch.float64}[precision]
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return Systems(device, dtype, scaler)
 
@@ -47,6 +48,8 @@ def prepare(model: nn.Module, cfg: Config, sysm: Systems, env: Env):
     """-> (the module to call: DDP-wrapped when distributed, the bare module)."""
     model = sync_bn.convert(model, sysm.device.type)
     model.to(sysm.device)
+    if sysm.dtype == torch.float64:  # fp64: weights and buffers too, not only the inputs
+        model.to(torch.float64)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.compile:
