@@ -1,10 +1,29 @@
 """The Batch (pipelines/ -> trainer/) and the last stage every backend shares:
-uint8 crops -> photometric ops -> normalise -> channels_last, on the device."""
+uint8 crops -> photometric ops -> normalise -> channels_last, on the device.
+
+``Finisher`` is built once per loader: the systems choices (device, dtype, which
+photometric stage) and the constants (normalisation, the recipe's draw table) are
+made there, not per batch; a ``torch.tensor(..., device=cuda)`` per batch is a
+blocking host-to-device copy that waits for the queued GPU work.
+
+Stages (``stage``):
+- ``done``: the crops are final views and their parameters are given (rendered
+  per image by the torchvision workers, or by FFCV's op on a CPU device);
+- ``numba``: rendered here by photometric_cpu's kernel (dali-cpu on a CPU device);
+- ``triton``: the GPU path. Every parameter is drawn on the host (numba, the
+  counter RNG: bit-exact with the torch draws), goes to the device in one
+  parameter buffer (one pinned copy, plus one for labels and indices), and each
+  view is one Triton launch (photometric_triton): ~30 dispatched torch ops and
+  2 launches for a batch of two views, where the torch stage made ~1,300;
+- ``torch``: the batched torch stage (photometric.py), optionally compiled: the
+  definition the others are tested against, and a fallback.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from pipelines import photometric
@@ -12,14 +31,30 @@ from pipelines.params import FIELDS
 from pipelines.recipe import Recipe
 from pipelines.sampling import sample_rest
 
+STAGES = ("done", "numba", "triton", "torch")
+# The GPU stage's parameter buffer, per sample and view: crop (4) then REST (8),
+# which is the schema's flip (1), color (4), gray (1), blur (1), solarize (1).
+PARAM_COLUMNS = 12
+_SPLIT = {"crop": 4, "flip": 1, "color": 4, "gray": 1, "blur": 1, "solarize": 1}
+
 
 def compiled_apply(enabled: bool):
     """photometric.apply, fused by torch.compile when ``enabled``: ~40 elementwise
     passes over the batch become a few kernels (measured on 2 CPU cores: hue shift
-    215 -> 45 ms for 64 views of 224 px); the first batch pays ~20 s of compilation.
-    Used where the stage runs in torch: on a GPU (a CPU device renders with
-    photometric_cpu, which is ~5x faster still)."""
+    215 -> 45 ms for 64 views of 224 px); the first batch pays ~20 s of compilation."""
     return torch.compile(photometric.apply) if enabled else photometric.apply
+
+
+def default_stage(device: torch.device) -> str:
+    """numba on a CPU device; on a GPU the Triton stage where Triton imports,
+    else the torch stage."""
+    if device.type == "cpu":
+        return "numba"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
 
 
 @dataclass
@@ -34,48 +69,105 @@ class Batch:
         return len(self.index)
 
 
-def finish(crops: list[torch.Tensor], crop_params: torch.Tensor, labels: torch.Tensor,
-           index: torch.Tensor, recipe: Recipe, seed: int, epoch: int,
-           device: torch.device, dtype: torch.dtype = torch.float32,
-           keep_raw: bool = False, done: dict[str, torch.Tensor] | None = None,
-           apply=photometric.apply, render_cpu: bool = False) -> Batch:
-    """crops: V x uint8 (B, S_v, S_v, 3) after crop+resize (no flip yet);
-    crop_params: float32 (B, V, 4). Draws the remaining parameters with the
-    counter RNG (seed, epoch, index, view), applies them, normalises.
-    ``done``: the crops are already final views (rendered per image by the
-    torchvision workers or by FFCV's op on a CPU device) and these are their
-    parameters, field -> (B, V, w). ``render_cpu``: render the crops here with the
-    numba kernel (photometric_cpu) instead of ``apply`` (CPU devices: dali-cpu).
-    Final uint8 views are normalised in one multiply-add: (x/255 - mean)/std."""
-    index = index.to(device, non_blocking=True).long()
-    mean = torch.tensor(recipe.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(recipe.std, device=device).view(1, 3, 1, 1)
-    scale, shift = 1.0 / (255.0 * std), -mean / std
-    per_view, views, raw = [], [], []
-    for v, (crop, vr) in enumerate(zip(crops, recipe.views)):
-        if done is not None:
-            p = {k: t[:, v].to(device) for k, t in done.items() if k != "crop"}
-        elif render_cpu:  # numba imported only where it is asked for
-            from pipelines import photometric_cpu
+def _host(x) -> np.ndarray:
+    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
-            p = sample_rest(vr, seed, epoch, index, v)
-            crop = crop.contiguous()
-            photometric_cpu.render_batch(crop.numpy(), photometric_cpu.rest_of(p), crop.numpy())
-        else:  # the torch stage, on the device
-            p = sample_rest(vr, seed, epoch, index, v)
-            x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-            x = apply(x, p, vr)
-            if keep_raw:
-                raw.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-            x = ((x - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
-        if done is not None or render_cpu:  # final uint8 views
-            if keep_raw:
-                raw.append(crop.cpu().clone())
-            x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-            x = x.mul_(scale).add_(shift).to(dtype).contiguous(memory_format=torch.channels_last)
-        views.append(x)
-        per_view.append(p)
-    params = {k: torch.stack([p[k] for p in per_view], dim=1) for k in FIELDS if k != "crop"}
-    params["crop"] = crop_params.to(device, non_blocking=True).float()
-    return Batch(views, {k: params[k] for k in FIELDS}, labels.to(device).long(), index,
-                 raw if keep_raw else None)
+
+@dataclass
+class Finisher:
+    """Crops (V x uint8 (B, S_v, S_v, 3), no flip yet unless ``done``) and the
+    crop field (B, V, 4) -> Batch. The remaining parameters are drawn with the
+    counter RNG (seed, epoch, index, view), applied, and the views normalised:
+    (x/255 - mean)/std as one multiply-add on final uint8 views."""
+    recipe: Recipe
+    seed: int
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    keep_raw: bool = False
+    stage: str = "torch"
+    compile: bool = False
+    _consts: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; one of {', '.join(STAGES)}")
+        self.device = torch.device(self.device)
+        mean = torch.tensor(self.recipe.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.recipe.std, device=self.device).view(1, 3, 1, 1)
+        self._consts = {"mean": mean, "std": std, "scale": 1.0 / (255.0 * std),
+                        "shift": -mean / std}
+        self.apply = compiled_apply(self.compile) if self.stage == "torch" else None
+
+    def __call__(self, crops: list[torch.Tensor], crop, labels, index, epoch: int,
+                 done: dict[str, torch.Tensor] | None = None) -> Batch:
+        if self.stage == "triton":
+            return self._triton(crops, crop, labels, index, epoch)
+        if self.stage == "done" and done is None:
+            raise ValueError("stage 'done' needs the views' parameters")
+        return self._batched(crops, torch.as_tensor(crop), torch.as_tensor(labels),
+                             torch.as_tensor(index), epoch, done)
+
+    def _to_device(self, host: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(host)
+        if self.device.type == "cuda":  # one pinned, asynchronous copy
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _triton(self, crops, crop, labels, index, epoch) -> Batch:
+        from pipelines import photometric_cpu, photometric_triton
+
+        index_h = _host(index).astype(np.int64, copy=False)
+        B, V = len(index_h), self.recipe.num_views
+        host = np.empty((B, V, PARAM_COLUMNS), np.float32)
+        host[..., :4] = _host(crop)
+        photometric_cpu.draw_rest_batch(photometric_cpu.recipe_rows(self.recipe), self.seed,
+                                        epoch, index_h, host[..., 4:])
+        ids = np.stack([_host(labels).astype(np.int64, copy=False), index_h])
+        params = self._to_device(host)
+        labels_d, index_d = self._to_device(ids).unbind(0)
+        views, raw = [], []
+        for v, (x, vr) in enumerate(zip(crops, self.recipe.views)):
+            x = x.to(self.device, non_blocking=True).contiguous()  # FFCV's are host slots
+            y, r = photometric_triton.render(x, params, v * PARAM_COLUMNS + 4, vr,
+                                             self.recipe.mean, self.recipe.std, self.dtype,
+                                             self.keep_raw)
+            views.append(y)
+            raw.append(r)
+        fields = dict(zip(_SPLIT, torch.split(params, list(_SPLIT.values()), dim=-1)))
+        raws = [r.cpu() for r in raw] if self.keep_raw else None
+        return Batch(views, {k: fields[k] for k in FIELDS}, labels_d, index_d, raws)
+
+    def _batched(self, crops, crop_params, labels, index, epoch, done) -> Batch:
+        device, c = self.device, self._consts
+        index = index.to(device, non_blocking=True).long()
+        per_view, views, raw = [], [], []
+        for v, (crop, vr) in enumerate(zip(crops, self.recipe.views)):
+            if self.stage == "done":
+                p = {k: t[:, v].to(device) for k, t in done.items() if k != "crop"}
+            elif self.stage == "numba":  # numba imported only where it is asked for
+                from pipelines import photometric_cpu
+
+                p = sample_rest(vr, self.seed, epoch, index, v)
+                crop = crop.contiguous()
+                photometric_cpu.render_batch(crop.numpy(), photometric_cpu.rest_of(p),
+                                             crop.numpy())
+            else:  # the torch stage, on the device
+                p = sample_rest(vr, self.seed, epoch, index, v)
+                x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                x = self.apply(x, p, vr)
+                if self.keep_raw:
+                    raw.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+                x = ((x - c["mean"]) / c["std"]).to(self.dtype).contiguous(
+                    memory_format=torch.channels_last)
+            if self.stage in ("done", "numba"):  # final uint8 views
+                if self.keep_raw:
+                    raw.append(crop.cpu().clone())
+                x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+                x = x.mul_(c["scale"]).add_(c["shift"]).to(self.dtype).contiguous(
+                    memory_format=torch.channels_last)
+            views.append(x)
+            per_view.append(p)
+        params = {k: torch.stack([p[k] for p in per_view], dim=1) for k in FIELDS if k != "crop"}
+        params["crop"] = crop_params.to(device, non_blocking=True).float()
+        return Batch(views, {k: params[k] for k in FIELDS}, labels.to(device).long(), index,
+                     raw if self.keep_raw else None)

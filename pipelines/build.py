@@ -36,8 +36,10 @@ class LoaderConfig:
     workers: int = 2           # DataLoader workers / DALI threads / FFCV threads
     device: str | None = None  # default: cuda for dali-gpu or when available, else cpu
     keep_raw: bool = False     # keep uint8 views before normalising (show_views, tests)
-    compile: bool = False      # torch.compile the torch photometric stage (dali, ffcv on a GPU;
-                               # on a CPU device they run photometric_cpu's kernel instead)
+    compile: bool = False      # torch.compile the torch photometric stage (stage="torch")
+    stage: str = "auto"        # last stage of dali/ffcv (pipelines/batch.py): auto = numba on
+                               # a CPU device, one Triton launch per view on a GPU; "torch"
+                               # = the batched torch stage
 
 
 def available() -> list[str]:
@@ -76,10 +78,13 @@ def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
     if backend.startswith("dali"):
         from pipelines.loader_dali import DaliLoader
         return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,
-                          device=device, compile=cfg.compile, **common)
+                          device=device, compile=cfg.compile, stage=cfg.stage, **common)
     if backend == "ffcv":
         from pipelines.loader_ffcv import FfcvLoader
         return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device,
-                          compile=cfg.compile, **common)
+                          compile=cfg.compile, stage=cfg.stage, **common)
+    if cfg.stage != "auto":
+        raise ValueError("the torchvision backend renders views in its workers; "
+                         f"stage={cfg.stage!r} applies to dali and ffcv only")
     from pipelines.loader_torchvision import TorchvisionLoader
     return TorchvisionLoader(cfg.data, recipe, workers=cfg.workers, device=device, **common)

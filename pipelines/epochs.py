@@ -66,6 +66,18 @@ class EpochLoader:
     epoch = 0
     skip = 0
     plan: EpochPlan
+    _recipe = None
+
+    @property
+    def recipe(self):
+        return self._recipe
+
+    @recipe.setter
+    def recipe(self, recipe) -> None:
+        """A recipe changed on a built loader reaches its last stage too."""
+        self._recipe = recipe
+        if getattr(self, "finish", None) is not None:
+            self.finish.recipe = recipe
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """The next ``iter()`` yields epoch ``epoch`` from batch ``skip`` on (a

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.batch import compiled_apply, finish
+from pipelines.batch import Finisher, default_stage
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.records import Records
 from pipelines.sampling import crop_boxes, crop_fields
@@ -146,7 +146,7 @@ class DaliLoader(EpochLoader):
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
                  threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, stage: str = "auto"):
         if gpu and not torch.cuda.is_available():
             raise RuntimeError("dali-gpu needs a CUDA device; use dali-cpu on this machine")
         records = Records(data_dir)
@@ -155,8 +155,8 @@ class DaliLoader(EpochLoader):
         self.device = torch.device(device or ("cuda" if gpu else "cpu"))
         if gpu and self.device.type != "cuda":
             raise ValueError(f"dali-gpu delivers on a CUDA device, not {self.device}")
-        self.dtype, self.keep_raw = dtype, keep_raw
-        self.apply = compiled_apply(compile)
+        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw,
+                               default_stage(self.device) if stage == "auto" else stage, compile)
         self.feeder = _Feeder(records, self.plan, recipe.views, seed)
         device_id = (self.device.index if self.device.index is not None
                      else torch.cuda.current_device()) if gpu else None
@@ -203,9 +203,5 @@ class DaliLoader(EpochLoader):
         for b in range(self.skip, self.plan.num_batches):
             outs, t = self._next_outputs()
             assert (t.epoch, t.batch) == (self.epoch, b), "DALI and its feeder fell out of step"
-            n = len(t.index)
-            crops = self._views(outs, n)
-            yield finish(crops, torch.from_numpy(t.crop), torch.from_numpy(t.labels),
-                         torch.from_numpy(t.index), self.recipe, self.seed, self.epoch,
-                         self.device, self.dtype, self.keep_raw, apply=self.apply,
-                         render_cpu=self.device.type == "cpu")
+            crops = self._views(outs, len(t.index))
+            yield self.finish(crops, t.crop, t.labels, t.index, self.epoch)

@@ -32,7 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from pipelines import counter_rng, photometric_cpu
-from pipelines.batch import compiled_apply, finish
+from pipelines.batch import Finisher, default_stage
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.sampling import crop_args, make_crop_box
 
@@ -174,7 +174,7 @@ class FfcvLoader(EpochLoader):
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
                  device="cpu", dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, stage: str = "auto"):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
 
@@ -197,8 +197,10 @@ class FfcvLoader(EpochLoader):
         self.loader.traversal_order = _PlanOrder(self)
         self.loader.first_traversal_order = self.loader.next_traversal_order()
         self.recipe, self.seed = recipe, seed
-        self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw
-        self.apply = compiled_apply(compile)
+        self.device = torch.device(device)
+        if stage == "auto":
+            stage = "done" if self.render_here else default_stage(self.device)
+        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage, compile)
 
     def __iter__(self):
         self.epoch_cell[0] = self.epoch
@@ -221,10 +223,8 @@ class FfcvLoader(EpochLoader):
                 else:
                     # The Loader reuses its buffers: copy out before the next batch.
                     views = [x.clone() for x in views]
-                yield finish(views, boxes, torch.as_tensor(np.array(labels)).reshape(-1),
-                             torch.as_tensor(np.array(index)).reshape(-1), self.recipe, self.seed,
-                             self.epoch, self.device, self.dtype, self.keep_raw,
-                             done=done, apply=self.apply)
+                yield self.finish(views, boxes, np.array(labels).reshape(-1),
+                                  np.array(index).reshape(-1), self.epoch, done=done)
         finally:
             # An epoch abandoned early (a break, a test taking one batch) must stop
             # FFCV's producer thread, or it keeps decoding into released buffers.

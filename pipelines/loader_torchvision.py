@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipelines import reference
-from pipelines.batch import finish
+from pipelines.batch import Finisher
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.params import FIELDS
 from pipelines.records import Records, open_rgb
@@ -62,7 +62,8 @@ class TorchvisionLoader(EpochLoader):
         self.plan = EpochPlan(len(self.records), batch_size, seed, shuffle, drop_last, rank,
                               world)
         self.recipe, self.seed, self.workers = recipe, seed, workers
-        self.device, self.dtype, self.keep_raw = torch.device(device), dtype, keep_raw
+        self.device = torch.device(device)
+        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage="done")
 
     def __iter__(self):
         self.dataset.epoch = self.epoch
@@ -72,5 +73,4 @@ class TorchvisionLoader(EpochLoader):
             drop_last=self.plan.drop_last, num_workers=self.workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         for views, params, labels, index in dl:
-            yield finish(views, params["crop"], labels, index, self.recipe, self.seed,
-                         self.epoch, self.device, self.dtype, self.keep_raw, done=params)
+            yield self.finish(views, params["crop"], labels, index, self.epoch, done=params)

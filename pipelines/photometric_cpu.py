@@ -85,6 +85,16 @@ def draw_rest(row, seed, epoch, index, view, out):
     out[7] = coin(cr.SLOT_SOLARIZE, row[14])
 
 
+@numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+def draw_rest_batch(rows, seed, epoch, index, out):
+    """REST of every view of samples ``index`` (B,): out[b, v, :8] from rows[v]
+    (recipe_rows). ``out`` (B, V, >= 8) float32, any strides: the GPU stage writes
+    the draws straight into its one parameter buffer."""
+    for b in range(len(index)):
+        for v in range(rows.shape[0]):
+            draw_rest(rows[v], seed, epoch, index[b], v, out[b, v])
+
+
 _L0, _L1, _L2 = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
 
 # Every kernel below: error_model="numpy" (no zero-division branch in the loops)

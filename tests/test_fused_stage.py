@@ -1,0 +1,72 @@
+"""The GPU device stage (Finisher, stage "triton": one Triton launch per view):
+its views equal the reference ops, a loader using it emits the parameters of
+the numba stage and views within dali-cpu's bounds, and a batch of two views
+costs at most 40 dispatched torch ops.
+
+Without a GPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, on
+CPU tensors), which must be set before Triton is imported: those cases run
+tests/fused_probe.py in a subprocess. Where CUDA exists they also run compiled,
+in-process, on the GPU. Bounds, as for photometric_cpu's kernel: at most 1
+level off on the uint8 view and on under 0.5% of values (float32 roundoff moves a
+value within ~1e-6 of a rounding boundary; the raw view rounds half up where
+torch rounds half to even), and the float view within 0.01 of a level of the
+reference before rounding (measured in the interpreter: 1 level on 0.001% of
+values, 3.5e-4 of a level).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import HAVE_DALI, ROOT
+
+pytest.importorskip("triton")
+
+# Dispatched torch ops (each at least one kernel launch or allocation on a GPU) for
+# a batch of two views. On the CPU the two host-to-device copies are absent; on a
+# GPU they add 2 x (pin_memory, to): the GPU run of the same test counts them.
+MAX_OPS = 40
+
+
+def _interpreted(what: str, *args) -> dict:
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fused_probe.py"), what, *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _runs(what: str, *args):
+    """The interpreted run on the CPU, and the compiled one where CUDA exists."""
+    yield _interpreted(what, *args)
+    if torch.cuda.is_available():
+        import fused_probe
+
+        fn = getattr(fused_probe, what)
+        yield fn(*args, device="cuda") if args else fn(device="cuda")
+
+
+def test_triton_stage_equals_reference_ops():
+    for m in _runs("kernel"):
+        assert all(v >= 5 for v in m["fired"].values()), m["fired"]  # every op under test
+        assert m["max_levels"] <= 1 and m["share_off"] < 5e-3, m
+        assert m["max_float_levels"] < 0.01, m
+
+
+def test_triton_stage_is_a_few_ops_per_batch():
+    for m in _runs("ops"):
+        assert m["launches"] == 2, m  # one per view
+        assert m["ops"] <= MAX_OPS, m["op_names"]
+
+
+@pytest.mark.skipif(not HAVE_DALI, reason="needs nvidia-dali")
+def test_loader_with_triton_stage_matches_reference_and_numba_params(small_dataset):
+    """dali-cpu through the Triton stage: the numba stage's parameters bit for bit,
+    views within dali-cpu's PSNR bounds (test_pipeline_agreement: min 42, median
+    50 dB) of the reference re-render, channels_last."""
+    for m in _runs("loader", str(small_dataset)):
+        assert m["params_equal"] and m["channels_last"], m
+        assert m["psnr_min"] >= 42 and m["psnr_median"] >= 50, m
