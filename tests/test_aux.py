@@ -65,24 +65,95 @@ def test_augself_targets_by_hand():
                                    rtol=0, msg=name)
 
 
+def _naive_head(heads, r, widths, hidden):
+    """Row r of a RowHeads as the separate mlp() head it stands for (eval mode)."""
+    from trainer.models import mlp
+
+    o, blk = sum(widths[:r]), slice(r * hidden, (r + 1) * hidden)
+    m = mlp(heads.lin1.in_features, hidden, widths[r], layers=3, last_bn=False).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(heads.lin1.weight[blk])
+        m[3].weight.copy_(heads.w2[blk, blk])
+        m[6].weight.copy_(heads.w3[o:o + widths[r], blk])
+        m[6].bias.copy_(heads.b3[o:o + widths[r]])
+        for bn, src in ((m[1], heads.bn1), (m[4], heads.bn2)):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(bn, name).copy_(getattr(src, name)[blk])
+    return m
+
+
 def test_augself_zero_weight_removes_row_and_loss_matches_naive():
-    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.0})
-    assert [r.field for r in table] == ["crop", "color"]
+    """The batched head and loss against separate per-row heads (copied from its
+    blocks) and the per-row target functions, one sample pair at a time."""
+    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "gray": 0.0})
+    assert [r.field for r in table] == ["crop", "color", "flip"]
     torch.manual_seed(0)
     recipe = preset("augself", 32)
-    head = AugSelf(8, table, recipe).eval()
+    head = AugSelf(8, table, recipe, hidden=16).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so that a block mix-up shows
+        for bn in (head.heads.bn1, head.heads.bn2):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
     f1, f2 = torch.randn(3, 8), torch.randn(3, 8)
     params = params_by_hand()
     out = head([f1, f2], B(params))
     want = augself.targets(table, params, recipe)
+    widths = [r.width for r in table]
     total = 0.0
-    for r in table:
-        pred = torch.stack([head.heads[r.field](torch.cat(pair)[None])[0]
-                            for pair in [(f1[i], f2[i]) for i in range(3)]
-                            + [(f2[i], f1[i]) for i in range(3)]])
-        mse = ((torch.tanh(pred) - want[r.field]) ** 2).mean()
-        total += r.weight * mse.item()
+    for i, r in enumerate(table):
+        naive = _naive_head(head.heads, i, widths, 16)
+        pred = torch.stack([naive(torch.cat(pair)[None])[0]
+                            for pair in [(f1[k], f2[k]) for k in range(3)]
+                            + [(f2[k], f1[k]) for k in range(3)]])
+        if r.loss == "bce":
+            term = torch.nn.functional.binary_cross_entropy_with_logits(pred, want[r.field])
+        else:
+            term = ((torch.tanh(pred) - want[r.field]) ** 2).mean()
+        assert out[f"augself/{r.field}"].item() == pytest.approx(term.item(), rel=1e-5)
+        total += r.weight * term.item()
     assert out["loss"].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_batched_targets_equal_the_row_definitions():
+    """AugSelf's one-product targets equal the per-row target functions, every row,
+    on random parameters, for views whose colour ranges differ (the centres of the
+    colour code then do not cancel)."""
+    import dataclasses
+
+    table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
+                                           "solarize")})
+    base = preset("byol", 32)
+    recipe = dataclasses.replace(base, views=(
+        base.views[0], dataclasses.replace(base.views[1], jitter=(0.2, 0.6, 0.3, 0.05))))
+    g = torch.Generator().manual_seed(3)
+    params = identity(64, 2)
+    for k in params:
+        params[k] = torch.rand(params[k].shape, generator=g)
+    for k in ("flip", "gray", "solarize"):
+        params[k] = params[k].round()
+    head = AugSelf(8, table, recipe, hidden=4)
+    want = augself.targets(table, params, recipe)
+    got = head.targets(params)
+    torch.testing.assert_close(got, torch.cat([want[r.field] for r in table], 1),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_row_heads_stay_independent_blocks():
+    """A training step moves only the diagonal blocks: the masked entries of the
+    block-diagonal layers stay exactly zero (weight decay and momentum included)."""
+    table = augself.rows({"crop": 1.0, "color": 1.0})
+    head = AugSelf(8, table, preset("augself", 32), hidden=16)
+    opt = torch.optim.SGD(head.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1,
+                          foreach=True)
+    params = params_by_hand()
+    for _ in range(3):
+        loss = head([torch.randn(3, 8), torch.randn(3, 8)], B(params))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    h = head.heads
+    assert (h.w2[h.m2 == 0] == 0).all() and (h.w3[h.m3 == 0] == 0).all()
+    assert (h.w2[h.m2 == 1] != 0).all()
 
 
 def test_equimod_loss_matches_naive_infonce():

@@ -21,10 +21,23 @@ minus view b:
 - flip: 1 when both views were flipped or neither.
 - blur: sigma_a - sigma_b (0 for a view without blur).
 - gray, solarize: flag_a - flag_b (optional rows, off by default).
+
+One batched head (issue 10: launch-light). Every row's code is affine in the
+view's parameters, so all targets of both orders come from one matrix product
+of the two views' flattened parameters (the per-row functions below stay the
+definition, and a test holds the product to them). The R row heads run as one
+module: their first layers side by side, the 512-wide hidden layers and the
+outputs as block-diagonal matrices (fixed masks keep the blocks independent:
+the same function and gradients as R separate heads, one matmul per layer), and
+the losses are one masked elementwise pass with per-column weights. Eager, a
+SimSiam step gains ~100 dispatched ops with AugSelf instead of ~250 (counted
+on CPU, tests/test_aux.py). One difference from separate heads: LARS computes
+its trust ratio over the whole block-diagonal matrix, not per head.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.recipe import Recipe
-from trainer.models import mlp
+from pipelines.params import FIELDS
+from pipelines.recipe import Recipe, ViewRecipe
 
 Target = Callable[[dict, int, int, Recipe], torch.Tensor]
 
@@ -75,7 +88,7 @@ class Row:
     width: int
     loss: str        # "mse_tanh" or "bce"
     weight: float
-    target: Target
+    target: Target   # the definition: view a minus view b (or same-or-not, for bce)
 
 
 def rows(weights: dict[str, float]) -> list[Row]:
@@ -94,9 +107,79 @@ def rows(weights: dict[str, float]) -> list[Row]:
 
 
 def targets(table: list[Row], params: dict, recipe: Recipe) -> dict[str, torch.Tensor]:
-    """Per row: the targets of both orders stacked, (2B, width): (v1, v2) then (v2, v1)."""
+    """Per row: the targets of both orders stacked, (2B, width): (v1, v2) then (v2, v1).
+    The naive definition (one small op chain per row); AugSelf computes the same
+    numbers as one product (code_map)."""
     return {r.field: torch.cat([r.target(params, 0, 1, recipe), r.target(params, 1, 0, recipe)])
             for r in table}
+
+
+_OFFSET = {k: sum(list(FIELDS.values())[:i]) for i, k in enumerate(FIELDS)}
+PARAM_WIDTH = sum(FIELDS.values())  # 12: the flattened parameters of one view
+
+
+def _code(row: Row, vr: ViewRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row's code of one view as an affine map of its flattened parameters:
+    code = p @ M + c, M (12, width), c (width,)."""
+    M, c = torch.zeros(PARAM_WIDTH, row.width), torch.zeros(row.width)
+    o = _OFFSET[row.field]
+    if row.field == "crop":  # (y0, x0, h, w) -> (y0 + h/2, x0 + w/2, h, w)
+        for k in range(4):
+            M[o + k, k] = 1.0
+        M[o + 2, 0] = M[o + 3, 1] = 0.5
+    elif row.field == "color":  # (f - centre) / (hi - lo)
+        for k, ((lo, hi), centre) in enumerate(zip(vr.color_ranges(), (1.0, 1.0, 1.0, 0.0))):
+            width = (hi - lo) or 1.0
+            M[o + k, k], c[k] = 1.0 / width, -centre / width
+    else:  # flip, blur, gray, solarize: the value itself
+        M[o, 0] = 1.0
+    return M, c
+
+
+def code_map(table: list[Row], recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) with [p_v1, p_v2] @ M + c = every row's code(v1) - code(v2), side by
+    side: M (24, sum of widths)."""
+    parts = [[_code(r, recipe.views[v]) for r in table] for v in (0, 1)]
+    M = torch.cat([torch.cat([m for m, _ in parts[0]], 1), -torch.cat([m for m, _ in parts[1]], 1)])
+    c = torch.cat([c for _, c in parts[0]]) - torch.cat([c for _, c in parts[1]])
+    return M, c
+
+
+class RowHeads(nn.Module):
+    """R heads Linear(n_in, H)-BN-ReLU-Linear(H, H)-BN-ReLU-Linear(H, k_r), the
+    reference code's per-augmentation predictor, computed as one: layer 1 is
+    the R first layers stacked, layers 2 and 3 block-diagonal (masked), BN per
+    channel as before. Initialised block by block like mlp(): U(+-1/sqrt(fan_in))."""
+
+    def __init__(self, n_in: int, hidden: int, widths: list[int]):
+        super().__init__()
+        R, H, W = len(widths), hidden, sum(widths)
+        self.lin1 = nn.Linear(n_in, R * H, bias=False)
+        self.bn1 = nn.BatchNorm1d(R * H)
+        self.w2 = nn.Parameter(torch.zeros(R * H, R * H))
+        self.bn2 = nn.BatchNorm1d(R * H)
+        self.w3 = nn.Parameter(torch.zeros(W, R * H))
+        self.b3 = nn.Parameter(torch.zeros(W))
+        m2, m3 = torch.zeros(R * H, R * H), torch.zeros(W, R * H)
+        bound1, bound = 1 / math.sqrt(n_in), 1 / math.sqrt(H)
+        nn.init.uniform_(self.lin1.weight, -bound1, bound1)
+        with torch.no_grad():
+            o = 0
+            for r, w in enumerate(widths):
+                blk = slice(r * H, (r + 1) * H)
+                m2[blk, blk] = 1.0
+                m3[o:o + w, blk] = 1.0
+                self.w2[blk, blk].uniform_(-bound, bound)
+                self.w3[o:o + w, blk].uniform_(-bound, bound)
+                self.b3[o:o + w].uniform_(-bound, bound)
+                o += w
+        self.register_buffer("m2", m2, persistent=False)
+        self.register_buffer("m3", m3, persistent=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.lin1(z)))
+        h = F.relu(self.bn2(F.linear(h, self.w2 * self.m2)))
+        return F.linear(h, self.w3 * self.m3, self.b3)
 
 
 class AugSelf(nn.Module):
@@ -105,22 +188,50 @@ class AugSelf(nn.Module):
         if not table:
             raise ValueError("AugSelf with every weight 0: nothing to predict")
         self.table, self.recipe = table, recipe
-        self.heads = nn.ModuleDict({r.field: mlp(2 * features, hidden, r.width, layers=3,
-                                                 last_bn=False) for r in table})
+        widths = [r.width for r in table]
+        self.heads = RowHeads(2 * features, hidden, widths)
+        M, c = code_map(table, recipe)
+        same = torch.cat([torch.full((r.width,), float(r.loss == "bce")) for r in table])
+        # per column: 1/width of its row (the row's mean), and row membership
+        member = torch.zeros(sum(widths), len(table))
+        o = 0
+        for i, r in enumerate(table):
+            member[o:o + r.width, i] = 1.0 / r.width
+            o += r.width
+        self.has_bce = bool(same.any())
+        # Built once, moved with the module: no host-to-device copy in the step.
+        for name, t in (("code_m", M), ("code_c", c), ("same", same.bool()),
+                        ("sign", 1.0 - 2.0 * (1 - same)), ("member", member),
+                        ("row_weight", torch.tensor([float(r.weight) for r in table]))):
+            self.register_buffer(name, t, persistent=False)
+
+    def targets(self, params: dict) -> torch.Tensor:
+        """Every row's targets, both orders: (2B, sum of widths), rows side by side."""
+        p = torch.cat([params[k] for k in FIELDS], dim=-1)[:, :2].reshape(-1, 2 * PARAM_WIDTH)
+        # parameters are float32 (the Batch contract), the buffers too but in an fp64 run
+        d = torch.addmm(self.code_c, p.to(self.code_m.dtype), self.code_m)  # v1 - v2
+        if self.has_bce:                                      # same-or-not: 1 - |f1 - f2|
+            d = torch.where(self.same, 1.0 - d.abs(), d)
+        return torch.cat([d, d * self.sign])                  # (v2, v1): differences negate
 
     def forward(self, feats: list[torch.Tensor], batch) -> dict[str, torch.Tensor]:
         f1, f2 = feats[0], feats[1]
         z = torch.cat([torch.cat([f1, f2], 1), torch.cat([f2, f1], 1)], 0)
-        want = targets(self.table, batch.params, self.recipe)
-        out, total = {}, 0.0
-        for r in self.table:
-            pred = self.heads[r.field](z).float()
-            if r.loss == "bce":
-                loss = F.binary_cross_entropy_with_logits(pred, want[r.field])
-            else:
-                loss = F.mse_loss(torch.tanh(pred), want[r.field])
-            out[f"augself/{r.field}"] = loss.detach()
-            total = total + r.weight * loss
+        pred = self.heads(z)
+        # Targets and losses in fp32 (fp64 in an fp64 run) even under autocast, which
+        # would run their matrix products in bf16 (3 significant digits).
+        with torch.autocast(z.device.type, enabled=False):
+            if pred.dtype in (torch.bfloat16, torch.float16):
+                pred = pred.float()
+            want = self.targets(batch.params)
+            err = (torch.tanh(pred) - want) ** 2
+            if self.has_bce:
+                bce = F.binary_cross_entropy_with_logits(pred, want, reduction="none")
+                err = torch.where(self.same, bce, err)
+            per_row = err.sum(0) @ self.member / len(z)       # each row's mean loss
+            total = per_row @ self.row_weight
+        logs = per_row.detach()
+        out = {f"augself/{r.field}": logs[i] for i, r in enumerate(self.table)}
         out["augself"] = total.detach()
         out["loss"] = total
         return out

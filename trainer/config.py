@@ -77,7 +77,8 @@ class Config:
                          "GradScaler; fp64 runs everything in float64 (slow: a reference "
                          "for numerical checks)", ["auto", "fp32", "bf16", "fp16", "fp64"])
     channels_last: bool = opt(True, "channels_last memory format (faster on GPU and CPU)")
-    compile: bool = opt(False, "torch.compile the backbone")
+    compile: bool = opt(False, "torch.compile the whole objective (backbone, method heads, "
+                        "AugSelf/EquiMod, probe)")
     device: str = opt("auto", "auto: cuda when available (cuda:LOCAL_RANK under torchrun)")
     seed: int = opt(0, "seed for initialisation, data order and augmentations")
     log_every: int = opt(20, "steps between logged lines in metrics.jsonl")

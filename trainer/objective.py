@@ -48,10 +48,33 @@ class Objective(nn.Module):
         logs["loss"] = total
         return logs
 
+    def parts(self) -> list[nn.Module]:
+        return [m for m in (self.method, self.aux, self.probe) if m is not None]
+
+    def after_backward(self, step: int) -> None:
+        """The loop's hook between backward and the optimiser step, passed to every
+        part that has one (SwAV freezes its prototypes here)."""
+        for m in self.parts():
+            if hasattr(m, "after_backward"):
+                m.after_backward(step)
+
+    def after_step(self, progress: float) -> None:
+        """After the optimiser step (momentum encoders move here); ``progress`` in [0, 1]."""
+        for m in self.parts():
+            if hasattr(m, "after_step"):
+                m.after_step(progress)
+
     def param_groups(self) -> list[dict]:
-        groups = self.method.param_groups()
+        """The method's groups, with the auxiliary heads' and the probe's parameters
+        in its first scheduled group (same rate and decay: one foreach update for
+        all of them instead of a group of their own)."""
+        groups = [dict(g) for g in self.method.param_groups()]
         extra = [p for m in (self.aux, self.probe) if m is not None for p in m.parameters()
                  if p.requires_grad]
         if extra:
-            groups.append({"params": extra, "fixed_lr": False})
+            scheduled = next((g for g in groups if not g["fixed_lr"]), None)
+            if scheduled is None:
+                groups.append({"params": extra, "fixed_lr": False})
+            else:
+                scheduled["params"] = [*scheduled["params"], *extra]
         return groups

@@ -132,14 +132,14 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             loss = out["loss"]
             optimizer.zero_grad(set_to_none=True)
             (sysm.scaler.scale(loss) if sysm.scaler is not None else loss).backward()
-            objective.method.after_backward(step)
+            objective.after_backward(step)
             if sysm.scaler is not None:
                 sysm.scaler.step(optimizer)
                 sysm.scaler.update()
             else:
                 optimizer.step()
             step += 1
-            objective.method.after_step(step / total)
+            objective.after_step(step / total)
             # Accumulate on the device; .item() only when a line is logged.
             for k, v in out.items():
                 v = v.detach().float()
