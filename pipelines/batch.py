@@ -13,8 +13,9 @@ Stages (``stage``):
 - ``triton``: the GPU path. Every parameter is drawn on the host (numba, the
   counter RNG: bit-exact with the torch draws), goes to the device in one
   parameter buffer (one pinned copy, plus one for labels and indices), and each
-  view is one Triton launch (photometric_triton): ~30 dispatched torch ops and
-  2 launches for a batch of two views, where the torch stage made ~1,300;
+  view is one Triton launch (photometric_triton): for a batch of two views, 10
+  dispatched torch ops counted on a CPU (the two pinned copies add a few on a
+  GPU) and 2 launches, where the torch stage made ~1,300;
 - ``torch``: the batched torch stage (photometric.py), optionally compiled: the
   definition the others are tested against, and a fallback.
 """

@@ -37,6 +37,8 @@ class LoaderConfig:
     device: str | None = None  # default: cuda for dali-gpu or when available, else cpu
     keep_raw: bool = False     # keep uint8 views before normalising (show_views, tests)
     compile: bool = False      # torch.compile the torch photometric stage (stage="torch")
+    prefetch: int = 1          # dali: batches finished ahead of the one handed over (on a GPU
+                               # on a side stream, while the model trains); 0 = none
     stage: str = "auto"        # last stage of dali/ffcv (pipelines/batch.py): auto = numba on
                                # a CPU device, one Triton launch per view on a GPU; "torch"
                                # = the batched torch stage
@@ -78,7 +80,8 @@ def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
     if backend.startswith("dali"):
         from pipelines.loader_dali import DaliLoader
         return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,
-                          device=device, compile=cfg.compile, stage=cfg.stage, **common)
+                          device=device, compile=cfg.compile, stage=cfg.stage,
+                          prefetch=cfg.prefetch, **common)
     if backend == "ffcv":
         from pipelines.loader_ffcv import FfcvLoader
         return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device,

@@ -22,9 +22,11 @@ epoch boundary. A ticket per scheduled batch (which samples, their labels and
 boxes) waits in a FIFO next to DALI's own queue; ``__iter__`` checks that the
 front ticket is the batch it wants, and otherwise (a resumed run, an abandoned
 epoch) points the feeder at the wanted batch and drains the stale ones.
-Outputs are copied into torch before the next ``run``; on a GPU the copy runs on
-a side stream that the training stream waits on, and DALI's buffers are held
-until the copy's event has passed.
+Outputs are copied into torch before the next ``run``. On a GPU the copy and the
+last stage (pipelines/batch.py: one Triton launch per view) run on a side stream,
+one batch ahead (``prefetch``) of the batch handed to the training loop, which
+waits on an event (no host sync); DALI's buffers are held until the copy's event
+has passed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.batch import Finisher, default_stage
+from pipelines.batch import Batch, Finisher, default_stage
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.records import Records
 from pipelines.sampling import crop_boxes, crop_fields
@@ -146,7 +148,7 @@ class DaliLoader(EpochLoader):
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
                  threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False, stage: str = "auto"):
+                 compile: bool = False, stage: str = "auto", prefetch: int = 1):
         if gpu and not torch.cuda.is_available():
             raise RuntimeError("dali-gpu needs a CUDA device; use dali-cpu on this machine")
         records = Records(data_dir)
@@ -166,6 +168,9 @@ class DaliLoader(EpochLoader):
         self.builds = 1  # the pipeline is never rebuilt (a test holds us to it)
         self._stream = torch.cuda.Stream(self.device) if gpu else None
         self._held = None  # (DALI outputs, event of their copy): alive until copied
+        if prefetch < 0:
+            raise ValueError(f"prefetch {prefetch} < 0")
+        self.prefetch = prefetch
 
     def _next_outputs(self):
         """The outputs of the next scheduled batch and its ticket."""
@@ -175,19 +180,34 @@ class DaliLoader(EpochLoader):
         outs = self.pipe.run()
         return outs, self.feeder.tickets.popleft()
 
-    def _views(self, outs, n: int) -> list[torch.Tensor]:
+    def _prepare(self, outs, t: _Ticket):
+        """DALI's outputs -> a Batch. On a GPU everything (the copies out of DALI's
+        buffers, the Triton stage) runs on the side stream, and an event marks its
+        end; DALI's buffers are held until that event passes."""
         if self._stream is None:
-            return [to_torch(o, self.device)[:n] for o in outs]
-        with torch.cuda.stream(self._stream):  # memory owned by the copy stream
-            views = [to_torch(o, self.device, self._stream) for o in outs]
-            done = torch.cuda.Event()
-            done.record(self._stream)
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(done)
-        for x in views:
-            x.record_stream(current)  # freed only once the training stream is done with it
-        self._held = (outs, done)
-        return views
+            crops = [to_torch(o, self.device)[:len(t.index)] for o in outs]
+            return self.finish(crops, t.crop, t.labels, t.index, t.epoch), None
+        with torch.cuda.stream(self._stream):  # allocations belong to the side stream
+            crops = [to_torch(o, self.device, self._stream) for o in outs]
+            copied = torch.cuda.Event()
+            copied.record(self._stream)
+            batch = self.finish(crops, t.crop, t.labels, t.index, t.epoch)
+            ready = torch.cuda.Event()
+            ready.record(self._stream)
+        self._held = (outs, copied)
+        return batch, ready
+
+    def _hand_over(self, item) -> Batch:
+        """The training stream waits for the batch (on the GPU: an event, no host
+        sync) and owns its memory from here: the caching allocator will not hand
+        the side stream these blocks until the training stream is done with them."""
+        batch, ready = item
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            for x in [*batch.views, *batch.params.values(), batch.labels, batch.index]:
+                x.record_stream(current)
+        return batch
 
     def __iter__(self):
         want = (self.epoch, self.skip)
@@ -200,8 +220,14 @@ class DaliLoader(EpochLoader):
             self.feeder.seek(*want)
             for _ in range(len(fifo)):
                 self._next_outputs()
+        # Batches are finished `prefetch` ahead of the one handed over: on a GPU
+        # the next batch's stage runs on the side stream while the model trains.
+        ahead: deque = deque()
         for b in range(self.skip, self.plan.num_batches):
             outs, t = self._next_outputs()
             assert (t.epoch, t.batch) == (self.epoch, b), "DALI and its feeder fell out of step"
-            crops = self._views(outs, len(t.index))
-            yield self.finish(crops, t.crop, t.labels, t.index, self.epoch)
+            ahead.append(self._prepare(outs, t))
+            if len(ahead) > self.prefetch:
+                yield self._hand_over(ahead.popleft())
+        while ahead:
+            yield self._hand_over(ahead.popleft())

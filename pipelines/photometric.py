@@ -58,7 +58,8 @@ def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6; the same
     # values as the six-sector table, without building and gathering from it.
     h6 = (h * 6.0).unsqueeze(1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # arange, not torch.tensor(.., device=cuda): a fill kernel, not a blocking copy
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = torch.remainder(n + h6, 6.0)
     f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return (v.unsqueeze(1) * (1.0 - s.unsqueeze(1) * f)).clamp_(0.0, 1.0)

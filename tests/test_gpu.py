@@ -23,3 +23,44 @@ def test_dali_gpu_bf16_trains(tiny_dataset, tmp_path):
     loss = trainrun.losses(out)
     assert all(torch.isfinite(torch.tensor(loss)))
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5
+
+
+def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
+    """torch.cuda.set_sync_debug_mode("error") over the dali-gpu device stage (the
+    copies out of DALI, the Triton stage, the hand-over to the training stream)
+    and a SimSiam+AugSelf training step: a blocking copy or a device-to-host read
+    added to either fails here. The first batch and step run outside the mode
+    (kernel compilation, lazy optimiser state)."""
+    from pipelines.build import LoaderConfig, build_loader
+    from trainer import optim
+    from trainer.build import build_objective
+    from trainer.config import from_argv
+
+    argv = trainrun.args(tiny_dataset, "unused", "--method", "simsiam", "--aux", "augself")
+    cfg = from_argv(argv)
+    loader = build_loader(LoaderConfig(data=str(tiny_dataset), backend="dali-gpu", size=32,
+                                       batch_size=32, workers=2), dtype=torch.bfloat16)
+    objective = build_objective(cfg, loader.recipe, 0).cuda().to(memory_format=torch.channels_last)
+    opt = optim.build(objective.param_groups(), "sgd", 0.1, 0.9, 5e-4)
+
+    def step(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = objective(batch)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        objective.after_backward(0)
+        opt.step()
+        objective.after_step(0.5)
+        return out
+
+    loader.set_epoch(0)
+    it = iter(loader)
+    step(next(it))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            out = step(next(it))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(out["loss"]).item()

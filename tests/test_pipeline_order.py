@@ -191,3 +191,30 @@ def test_records_without_sizes_read_them_from_headers(small_dataset, tmp_path):
     new_table, old_table = Records(small_dataset).table(), Records(old).table()
     assert (new_table[:, 2:] == [120, 160]).all()
     assert np.array_equal(old_table, new_table)
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize("backend", dali_backends)
+def test_prefetching_changes_no_batch(small_dataset, backend):
+    """Batches finished ahead (prefetch 2; on a GPU on the side stream) equal those
+    finished on demand: indices, parameters and raw views, over two epochs and an
+    abandoned one."""
+    def run(prefetch):
+        loader = build_loader(_cfg(small_dataset, backend, prefetch=prefetch, keep_raw=True))
+        loader.set_epoch(0)
+        next(iter(loader))  # abandoned with batches finished ahead
+        out = []
+        for e in (1, 2):
+            loader.set_epoch(e)
+            out += [(b.index.cpu(), {k: t.cpu() for k, t in b.params.items()},
+                     [r.clone() for r in b.raw], [x.float().cpu() for x in b.views])
+                    for b in loader]
+        return out
+
+    plain, ahead = run(0), run(2)
+    assert len(plain) == len(ahead) > 0
+    for (i1, p1, r1, v1), (i2, p2, r2, v2) in zip(plain, ahead):
+        assert torch.equal(i1, i2)
+        assert all(torch.equal(p1[k], p2[k]) for k in p1)
+        assert all(torch.equal(a, b) for a, b in zip(r1, r2))
+        assert all(torch.equal(a, b) for a, b in zip(v1, v2))

@@ -60,8 +60,9 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
     s = scores.float() / epsilon
     s = s - dist.all_reduce_max(s.max())            # same shift on every rank: exp cannot overflow
     q = torch.exp(s).t()                            # (K, n)
-    k, n_global = q.shape[0], dist.all_reduce_sum(torch.tensor(float(q.shape[1]),
-                                                                device=q.device))
+    # torch.full, not torch.tensor(.., device=cuda): a fill kernel, not a blocking copy
+    k, n_global = q.shape[0], dist.all_reduce_sum(torch.full((), float(q.shape[1]),
+                                                             device=q.device))
     q /= dist.all_reduce_sum(q.sum())
     for _ in range(iters):
         q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True)) * k
