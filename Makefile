@@ -18,7 +18,7 @@ help:
 	@echo "make demo      set up, then generate + convert the synthetic dataset, pretrain SimSiam and SimSiam+AugSelf, report"
 	@echo "make test      set up, then run the fast test suite (CPU)"
 	@echo "make test-all  also the slow tests (CIFAR-10 from ../shared/data)"
-	@echo "make bench     conversion, loader and aux-head benchmarks into benchmarks/RESULTS.md"
+	@echo "make bench     conversion, loader, aux-head and end-to-end benchmarks into benchmarks/RESULTS.md"
 	@echo "make lint      ruff"
 	@echo "make clean     remove the venv and generated data"
 
@@ -60,6 +60,7 @@ bench: setup
 	$(PY) -m benchmarks.loader --n-images 1024 --batch 64 --repeats 5
 	$(PY) -m benchmarks.heads --method simsiam --backbone small --size 32 --batch 256 \
 		--proj 512 --steps 10 --warmup 3 --repeats 5
+	$(PY) -m benchmarks.e2e --quick
 
 lint: setup
 	$(VENV)/bin/ruff check .

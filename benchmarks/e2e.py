@@ -1,0 +1,214 @@
+"""Training at the speed of the model? End-to-end images/s through each loader
+next to the model-only ceiling, in the same process and run, eager and compiled.
+
+    python -m benchmarks.e2e [--quick] [--backends dali-gpu,torchvision] [--modes eager,compiled]
+
+For each mode (eager; the whole objective compiled) one objective is built with
+the trainer's own systems choices (bf16 autocast and channels_last on a GPU,
+fp32 on a CPU) and trained, for each backend in turn:
+- ceiling: steps on one batch of that loader kept on the device (no loading);
+- e2e: steps on the loader's batches (set_epoch, iterate, train: the loop's work).
+Both are timed over --steps steps after --warmup steps (CUDA events on a GPU,
+the wall clock on a CPU), interleaved, --repeats times; figures are medians,
+the ratio the median of per-repeat ratios. "data share" is the host time the
+training thread spends waiting in the loader's ``next()``, as a share of the
+e2e step. Prints one line per backend and mode:
+
+    BACKEND MODE: e2e X img/s, ceiling Y img/s, ratio Z, data share W%
+
+``--quick`` is the CPU setting of ``make bench``: small backbone, 32 px views,
+batch 64, dali-cpu and ffcv where installed. Without --no-write the table and a
+plot go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.report import bar_plot, environment, write_section
+from pipelines.build import LoaderConfig, available, build_loader
+from tools import convert_dataset, make_synthetic
+from trainer import optim, systems
+from trainer.build import build_objective
+from trainer.config import Config
+from trainer.dist import Env
+
+
+class Timer:
+    """Seconds between start() and stop(): CUDA events on a GPU (after the work
+    queued in between), the wall clock on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        if self.cuda:
+            self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                enable_timing=True)
+            self.a.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.b.record()
+            self.b.synchronize()
+            return self.a.elapsed_time(self.b) / 1000
+        return time.perf_counter() - self.t0
+
+
+def train_step(model, objective, opt, sysm, batch, step: int):
+    with sysm.autocast():
+        out = model(batch)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    objective.after_backward(step)
+    opt.step()
+    objective.after_step(0.5)
+
+
+def ceiling(model, objective, opt, sysm, batch, steps: int, warmup: int) -> float:
+    """Images/s on one batch kept on the device."""
+    for i in range(warmup):
+        train_step(model, objective, opt, sysm, batch, i)
+    timer = Timer(sysm.device)
+    timer.start()
+    for i in range(steps):
+        train_step(model, objective, opt, sysm, batch, i)
+    return steps * len(batch) / timer.stop()
+
+
+def end_to_end(model, objective, opt, sysm, loader, epoch: int, steps: int,
+               warmup: int) -> tuple[float, float]:
+    """(images/s through the loader, share of the step spent in next())."""
+    loader.set_epoch(epoch)
+    it = iter(loader)
+    for i in range(warmup):
+        train_step(model, objective, opt, sysm, next(it), i)
+    timer, waited, n = Timer(sysm.device), 0.0, 0
+    timer.start()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        w = time.perf_counter()
+        batch = next(it)
+        waited += time.perf_counter() - w
+        n += len(batch)
+        train_step(model, objective, opt, sysm, batch, i)
+    seconds = timer.stop()
+    host = time.perf_counter() - t0
+    it.close()
+    return n / seconds, waited / host
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.e2e",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="CPU setting: small backbone, 32 px, batch 64, few steps")
+    ap.add_argument("--backends", default=None, help="default: every one available but "
+                    "torchvision under --quick, every one available otherwise")
+    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--method", default="simsiam")
+    ap.add_argument("--aux", default="augself")
+    ap.add_argument("--backbone", default=None, help="default resnet50 (small with --quick)")
+    ap.add_argument("--size", type=int, default=None, help="default 224 (32 with --quick)")
+    ap.add_argument("--batch", type=int, default=None, help="default 256 (64 with --quick)")
+    ap.add_argument("--source-size", default=None, help="synthetic JPEG size WxH "
+                    "(default 500x375; 64x64 with --quick)")
+    ap.add_argument("--workers", type=int, default=None, help="loader workers/threads "
+                    "(default 16; 2 with --quick)")
+    ap.add_argument("--steps", type=int, default=None, help="default 12 (6 with --quick)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 4 (3 with --quick)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    a = ap.parse_args(argv)
+    q = a.quick
+    backbone = a.backbone or ("small" if q else "resnet50")
+    size, batch = a.size or (32 if q else 224), a.batch or (64 if q else 256)
+    workers, steps = a.workers if a.workers is not None else (2 if q else 16), a.steps or (
+        6 if q else 12)
+    warmup = a.warmup if a.warmup is not None else (3 if q else 4)
+    source = a.source_size or ("64x64" if q else "500x375")
+    backends = (a.backends.split(",") if a.backends else
+                [b for b in available() if not (q and b == "torchvision")])
+    modes = a.modes.split(",")
+    if set(modes) - {"eager", "compiled"}:
+        ap.error(f"--modes: eager and/or compiled, not {a.modes}")
+    sysm = systems.choose(Config(data="-"), Env())
+    need = batch * (warmup + steps + 2)  # an epoch per repeat (set_epoch(r)), with slack
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        w, h = (int(x) for x in source.split("x"))
+        print(f"generating {need} {source} images ...", file=sys.stderr)
+        make_synthetic.generate(tmp / "img", (w, h), need, 0, seed=1, quiet=True)
+        beton = [] if "ffcv" in backends else ["--no-beton"]
+        if convert_dataset.main([str(tmp / "img"), "--split", "train", "--out",
+                                 str(tmp / "conv"), "--quiet", *beton]):
+            raise SystemExit("converting the benchmark images failed")
+        loaders = {be: build_loader(LoaderConfig(data=str(tmp / "conv"), backend=be,
+                                                 size=size, batch_size=batch, workers=workers,
+                                                 device=str(sysm.device)), dtype=sysm.dtype)
+                   for be in backends}
+        recipe = next(iter(loaders.values())).recipe
+        for mode in modes:
+            cfg = Config(data="-", method=a.method, aux=a.aux, backbone=backbone, size=size,
+                         probe=False, compile=mode == "compiled")
+            objective = build_objective(cfg, recipe, 0)
+            model, objective = systems.prepare(objective, cfg, sysm, Env())
+            model.train()
+            opt = optim.build(objective.param_groups(), "sgd", 0.05, 0.9, 1e-4)
+            fixed = {}
+            for be, loader in loaders.items():
+                loader.set_epoch(10_000)
+                fixed[be] = next(iter(loader))
+            for r in range(a.repeats):
+                for be, loader in loaders.items():
+                    cell = results.setdefault((be, mode), {"e2e": [], "ceiling": [],
+                                                           "share": []})
+                    c = ceiling(model, objective, opt, sysm, fixed[be], steps, warmup)
+                    e, share = end_to_end(model, objective, opt, sysm, loader, r, steps, warmup)
+                    cell["ceiling"].append(c)
+                    cell["e2e"].append(e)
+                    cell["share"].append(share)
+                    print(f"repeat {r + 1}/{a.repeats} {be} {mode}: e2e {e:.0f} img/s, "
+                          f"ceiling {c:.0f} img/s", file=sys.stderr, flush=True)
+    lines, rows = [], []
+    for (be, mode), cell in results.items():
+        e, c = statistics.median(cell["e2e"]), statistics.median(cell["ceiling"])
+        ratio = statistics.median(x / y for x, y in zip(cell["e2e"], cell["ceiling"]))
+        share = statistics.median(cell["share"])
+        lines.append(f"{be} {mode}: e2e {e:.0f} img/s, ceiling {c:.0f} img/s, ratio "
+                     f"{ratio:.2f}, data share {100 * share:.1f}%")
+        rows.append(f"| {be} | {mode} | {e:.0f} | {c:.0f} | {ratio:.2f} | {100 * share:.1f}% |")
+    print("\n".join(lines))
+    where = f"{sysm.device.type}, {str(sysm.dtype).removeprefix('torch.')}"
+    cmd = " ".join(["python -m benchmarks.e2e", *(argv if argv is not None else sys.argv[1:])])
+    body = "\n".join([
+        f"## End to end against the model-only ceiling (benchmarks/e2e.py, {sysm.device.type})",
+        "", f"{a.method}+{a.aux}, {backbone} at {size} px, batch {batch}, 2 views, {where}; "
+        f"{source} synthetic JPEGs, {workers} loader workers/threads; {steps} steps after "
+        f"{warmup} warm-up, median of {a.repeats} interleaved repeats (ratio: median of "
+        f"per-repeat ratios; data share: host time in the loader's next() over the step).",
+        "", "| backend | mode | e2e img/s | ceiling img/s | ratio | data share |",
+        "|---|---|---|---|---|---|", *rows, "", f"Command: `{cmd}`", "", environment()])
+    if not a.no_write:
+        names = [f"{be} {mode}" for (be, mode) in results]
+        plot = bar_plot(f"e2e-{sysm.device.type}", names,
+                        {"e2e": [statistics.median(c["e2e"]) for c in results.values()],
+                         "ceiling": [statistics.median(c["ceiling"]) for c in results.values()]},
+                        "images / s", f"End to end vs model only ({where})")
+        body += "\n\n" + plot
+        write_section(f"e2e-{sysm.device.type}", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
