@@ -87,6 +87,29 @@ def _reflect(i, n):
 
 
 @triton.jit
+def _blur_block(src, base, offs, m, S, sigma, reach, wsum, RADIUS: tl.constexpr,
+                ALONG_W: tl.constexpr, BLOCK: tl.constexpr):
+    """One block of pixels of a separable Gaussian pass over an (S, S, 3) float image:
+    taps |k| <= reach (= ceil(3 sigma)) of exp(-k^2 / 2 sigma^2) / wsum, reflect padding."""
+    y = offs // S
+    x = offs - y * S
+    ar = tl.zeros([BLOCK], tl.float32)
+    ag = tl.zeros([BLOCK], tl.float32)
+    ab = tl.zeros([BLOCK], tl.float32)
+    for k in range(-RADIUS, RADIUS + 1):
+        d = k / sigma
+        w = tl.where(tl.abs(k * 1.0) <= reach, tl.exp(-0.5 * d * d), 0.0) / wsum
+        if ALONG_W:
+            q = src + base + (y * S + _reflect(x + k, S)) * 3
+        else:
+            q = src + base + (_reflect(y + k, S) * S + x) * 3
+        ar += w * tl.load(q, mask=m, other=0.0)
+        ag += w * tl.load(q + 1, mask=m, other=0.0)
+        ab += w * tl.load(q + 2, mask=m, other=0.0)
+    return ar, ag, ab
+
+
+@triton.jit
 def _store(out, raw, base, offs, m, r, g, b, sol, m0, m1, m2, s0, s1, s2,
            SOLARIZE: tl.constexpr, RAW: tl.constexpr):
     if SOLARIZE:
@@ -189,22 +212,12 @@ def _render(src, params, col, rest_stride, out, raw, tmp, S,
                 d = k / sigma
                 wsum += tl.where(tl.abs(k * 1.0) <= reach, tl.exp(-0.5 * d * d), 0.0)
             tl.debug_barrier()
-            # 3. along W
+            # 3. along W (scratch -> scratch2)
             for start in range(0, n, BLOCK):
                 offs = start + lane
                 m = offs < n
-                y = offs // S
-                x = offs - y * S
-                ar = tl.zeros([BLOCK], tl.float32)
-                ag = tl.zeros([BLOCK], tl.float32)
-                ab = tl.zeros([BLOCK], tl.float32)
-                for k in range(-RADIUS, RADIUS + 1):
-                    d = k / sigma
-                    w = tl.where(tl.abs(k * 1.0) <= reach, tl.exp(-0.5 * d * d), 0.0) / wsum
-                    q = tmp + base + (y * S + _reflect(x + k, S)) * 3
-                    ar += w * tl.load(q, mask=m, other=0.0)
-                    ag += w * tl.load(q + 1, mask=m, other=0.0)
-                    ab += w * tl.load(q + 2, mask=m, other=0.0)
+                ar, ag, ab = _blur_block(tmp, base, offs, m, S, sigma, reach, wsum, RADIUS,
+                                         True, BLOCK)
                 q = tmp2 + base + offs * 3
                 tl.store(q, ar, mask=m)
                 tl.store(q + 1, ag, mask=m)
@@ -214,18 +227,8 @@ def _render(src, params, col, rest_stride, out, raw, tmp, S,
             for start in range(0, n, BLOCK):
                 offs = start + lane
                 m = offs < n
-                y = offs // S
-                x = offs - y * S
-                ar = tl.zeros([BLOCK], tl.float32)
-                ag = tl.zeros([BLOCK], tl.float32)
-                ab = tl.zeros([BLOCK], tl.float32)
-                for k in range(-RADIUS, RADIUS + 1):
-                    d = k / sigma
-                    w = tl.where(tl.abs(k * 1.0) <= reach, tl.exp(-0.5 * d * d), 0.0) / wsum
-                    q = tmp2 + base + (_reflect(y + k, S) * S + x) * 3
-                    ar += w * tl.load(q, mask=m, other=0.0)
-                    ag += w * tl.load(q + 1, mask=m, other=0.0)
-                    ab += w * tl.load(q + 2, mask=m, other=0.0)
+                ar, ag, ab = _blur_block(tmp2, base, offs, m, S, sigma, reach, wsum, RADIUS,
+                                         False, BLOCK)
                 _store(out, raw, base, offs, m, ar, ag, ab, sol, m0, m1, m2, s0, s1, s2,
                        SOLARIZE, RAW)
 
