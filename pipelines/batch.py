@@ -22,6 +22,7 @@ Stages (``stage``):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,7 +103,19 @@ class Finisher:
     def __call__(self, crops: list[torch.Tensor], crop, labels, index, epoch: int,
                  done: dict[str, torch.Tensor] | None = None) -> Batch:
         if self.stage == "triton":
-            return self._triton(crops, crop, labels, index, epoch)
+            if self._consts.get("triton_ok"):
+                return self._triton(crops, crop, labels, index, epoch)
+            try:  # the first batch compiles the kernel for this GPU
+                batch = self._triton(crops, crop, labels, index, epoch)
+            except Exception as e:  # noqa: BLE001 - any compile failure: fall back, loudly
+                print(f"warning: the Triton photometric stage failed on its first batch "
+                      f"({type(e).__name__}: {e}); falling back to the batched torch stage "
+                      "(slower; LoaderConfig.stage='torch' chooses it directly)",
+                      file=sys.stderr)
+                self.stage, self.apply = "torch", compiled_apply(self.compile)
+            else:
+                self._consts["triton_ok"] = True
+                return batch
         if self.stage == "done" and done is None:
             raise ValueError("stage 'done' needs the views' parameters")
         return self._batched(crops, torch.as_tensor(crop), torch.as_tensor(labels),

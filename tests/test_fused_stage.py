@@ -70,3 +70,31 @@ def test_loader_with_triton_stage_matches_reference_and_numba_params(small_datas
     for m in _runs("loader", str(small_dataset)):
         assert m["params_equal"] and m["channels_last"], m
         assert m["psnr_min"] >= 42 and m["psnr_median"] >= 50, m
+
+
+def test_a_triton_stage_that_fails_falls_back_to_torch_loudly(capsys):
+    """A first batch the Triton stage cannot run (here: CPU tensors outside the
+    interpreter, which compiled Triton refuses) is finished by the torch stage
+    instead, with a warning, and later batches go there directly."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs CPU tensors: nothing fails")
+    import numpy as np
+
+    from pipelines.batch import Finisher
+    from pipelines.recipe import preset
+
+    recipe = preset("augself", 16)
+    g = np.random.default_rng(0)
+    crops = [torch.from_numpy(g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+             for _ in range(2)]
+    crop = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (4, 2, 1))
+    labels, index = np.zeros(4, np.int64), np.arange(4, dtype=np.int64)
+    fused = Finisher(recipe, 0, torch.device("cpu"), stage="triton")
+    plain = Finisher(recipe, 0, torch.device("cpu"), stage="torch")
+    for epoch in (0, 1):
+        a = fused([c.clone() for c in crops], crop, labels, index, epoch)
+        b = plain([c.clone() for c in crops], crop, labels, index, epoch)
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+        assert all(torch.equal(a.params[k], b.params[k]) for k in b.params)
+    assert fused.stage == "torch"
+    assert capsys.readouterr().err.count("falling back to the batched torch stage") == 1
