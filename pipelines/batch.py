@@ -29,15 +29,15 @@ import numpy as np
 import torch
 
 from pipelines import photometric
-from pipelines.params import FIELDS
+from pipelines.params import FIELDS, OFFSETS, WIDTH
 from pipelines.recipe import Recipe
 from pipelines.sampling import sample_rest
 
 STAGES = ("done", "numba", "triton", "torch")
-# The GPU stage's parameter buffer, per sample and view: crop (4) then REST (8),
-# which is the schema's flip (1), color (4), gray (1), blur (1), solarize (1).
-PARAM_COLUMNS = 12
-_SPLIT = {"crop": 4, "flip": 1, "color": 4, "gray": 1, "blur": 1, "solarize": 1}
+# The GPU stage's parameter buffer holds each view's flattened parameters (params.WIDTH
+# in FIELDS order): crop, then photometric_cpu's REST from flip on, which is the
+# schema's flip, color, gray, blur, solarize in that order.
+REST_AT = OFFSETS["flip"]
 
 
 def compiled_apply(enabled: bool):
@@ -89,6 +89,7 @@ class Finisher:
     stage: str = "torch"
     compile: bool = False
     _consts: dict = field(default_factory=dict, init=False, repr=False)
+    _triton_ran: bool = field(default=False, init=False, repr=False)  # compiled and ran once
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -103,7 +104,7 @@ class Finisher:
     def __call__(self, crops: list[torch.Tensor], crop, labels, index, epoch: int,
                  done: dict[str, torch.Tensor] | None = None) -> Batch:
         if self.stage == "triton":
-            if self._consts.get("triton_ok"):
+            if self._triton_ran:
                 return self._triton(crops, crop, labels, index, epoch)
             try:  # the first batch compiles the kernel for this GPU
                 batch = self._triton(crops, crop, labels, index, epoch)
@@ -114,7 +115,7 @@ class Finisher:
                       file=sys.stderr)
                 self.stage, self.apply = "torch", compiled_apply(self.compile)
             else:
-                self._consts["triton_ok"] = True
+                self._triton_ran = True
                 return batch
         if self.stage == "done" and done is None:
             raise ValueError("stage 'done' needs the views' parameters")
@@ -132,22 +133,22 @@ class Finisher:
 
         index_h = _host(index).astype(np.int64, copy=False)
         B, V = len(index_h), self.recipe.num_views
-        host = np.empty((B, V, PARAM_COLUMNS), np.float32)
-        host[..., :4] = _host(crop)
+        host = np.empty((B, V, WIDTH), np.float32)
+        host[..., :REST_AT] = _host(crop)
         photometric_cpu.draw_rest_batch(photometric_cpu.recipe_rows(self.recipe), self.seed,
-                                        epoch, index_h, host[..., 4:])
+                                        epoch, index_h, host[..., REST_AT:])
         ids = np.stack([_host(labels).astype(np.int64, copy=False), index_h])
         params = self._to_device(host)
         labels_d, index_d = self._to_device(ids).unbind(0)
         views, raw = [], []
         for v, (x, vr) in enumerate(zip(crops, self.recipe.views)):
             x = x.to(self.device, non_blocking=True).contiguous()  # FFCV's are host slots
-            y, r = photometric_triton.render(x, params, v * PARAM_COLUMNS + 4, vr,
+            y, r = photometric_triton.render(x, params, v * WIDTH + REST_AT, vr,
                                              self.recipe.mean, self.recipe.std, self.dtype,
                                              self.keep_raw)
             views.append(y)
             raw.append(r)
-        fields = dict(zip(_SPLIT, torch.split(params, list(_SPLIT.values()), dim=-1)))
+        fields = dict(zip(FIELDS, torch.split(params, list(FIELDS.values()), dim=-1)))
         raws = [r.cpu() for r in raw] if self.keep_raw else None
         return Batch(views, {k: fields[k] for k in FIELDS}, labels_d, index_d, raws)
 

@@ -165,7 +165,6 @@ class DaliLoader(EpochLoader):
         # DALI refuses num_threads < 1; --workers 0 ("no extra workers") means one.
         self.threads = max(1, threads)
         self.pipe = build_pipeline(self.feeder, recipe, batch_size, device_id, self.threads)
-        self.builds = 1  # the pipeline is never rebuilt (a test holds us to it)
         self._stream = torch.cuda.Stream(self.device) if gpu else None
         self._held = None  # (DALI outputs, event of their copy): alive until copied
         if prefetch < 0:
@@ -185,7 +184,7 @@ class DaliLoader(EpochLoader):
         buffers, the Triton stage) runs on the side stream, and an event marks its
         end; DALI's buffers are held until that event passes."""
         if self._stream is None:
-            crops = [to_torch(o, self.device)[:len(t.index)] for o in outs]
+            crops = [to_torch(o, self.device) for o in outs]
             return self.finish(crops, t.crop, t.labels, t.index, t.epoch), None
         with torch.cuda.stream(self._stream):  # allocations belong to the side stream
             crops = [to_torch(o, self.device, self._stream) for o in outs]

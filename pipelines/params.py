@@ -19,6 +19,10 @@ from __future__ import annotations
 import torch
 
 FIELDS: dict[str, int] = {"crop": 4, "flip": 1, "color": 4, "gray": 1, "blur": 1, "solarize": 1}
+# One view's parameters flattened in FIELDS order (the GPU stage's buffer, AugSelf's
+# and EquiMod's inputs): 12 values, and where each field starts among them.
+WIDTH = sum(FIELDS.values())
+OFFSETS: dict[str, int] = {k: sum(list(FIELDS.values())[:i]) for i, k in enumerate(FIELDS)}
 
 IDENTITY: dict[str, tuple[float, ...]] = {
     "crop": (0.0, 0.0, 1.0, 1.0),

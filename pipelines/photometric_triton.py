@@ -40,7 +40,6 @@ from pipelines.recipe import ViewRecipe
 
 BLOCK = 1024
 REST_WIDTH = 8  # flip, brightness, contrast, saturation, hue, gray, blur sigma, solarize
-_LAUNCHES = [0]  # kernel launches so far (tests count them next to dispatched torch ops)
 
 
 @triton.jit
@@ -233,11 +232,6 @@ def _render(src, params, col, rest_stride, out, raw, tmp, S,
                        SOLARIZE, RAW)
 
 
-def launches() -> int:
-    """Kernel launches made by this module so far (for launch-count tests)."""
-    return _LAUNCHES[0]
-
-
 def render(crops: torch.Tensor, params: torch.Tensor, col: int, vr: ViewRecipe, mean, std,
            dtype: torch.dtype, keep_raw: bool = False):
     """crops: uint8 (B, S, S, 3) contiguous; params: float32 (B, ...) contiguous,
@@ -261,5 +255,4 @@ def render(crops: torch.Tensor, params: torch.Tensor, col: int, vr: ViewRecipe, 
                   float(std[0]), float(std[1]), float(std[2]),
                   HUE=bool(vr.jitter_p > 0 and vr.jitter[3] > 0), BLUR=blur, RADIUS=radius,
                   SOLARIZE=bool(vr.solarize_p > 0), RAW=keep_raw, BLOCK=BLOCK)
-    _LAUNCHES[0] += 1
     return out.permute(0, 3, 1, 2), (raw if keep_raw else None)

@@ -31,7 +31,7 @@ outputs as block-diagonal matrices (fixed masks keep the blocks independent:
 the same function and gradients as R separate heads, one matmul per layer), and
 the losses are one masked elementwise pass with per-column weights. Eager, a
 SimSiam step gains ~100 dispatched ops with AugSelf instead of ~250 (counted
-on CPU, tests/test_aux.py). One difference from separate heads: LARS computes
+on CPU, tests/test_op_counts.py). One difference from separate heads: LARS computes
 its trust ratio over the whole block-diagonal matrix, not per head.
 """
 
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.params import FIELDS
+from pipelines.params import FIELDS, OFFSETS, WIDTH
 from pipelines.recipe import Recipe, ViewRecipe
 
 Target = Callable[[dict, int, int, Recipe], torch.Tensor]
@@ -114,15 +114,11 @@ def targets(table: list[Row], params: dict, recipe: Recipe) -> dict[str, torch.T
             for r in table}
 
 
-_OFFSET = {k: sum(list(FIELDS.values())[:i]) for i, k in enumerate(FIELDS)}
-PARAM_WIDTH = sum(FIELDS.values())  # 12: the flattened parameters of one view
-
-
 def _code(row: Row, vr: ViewRecipe) -> tuple[torch.Tensor, torch.Tensor]:
     """The row's code of one view as an affine map of its flattened parameters:
     code = p @ M + c, M (12, width), c (width,)."""
-    M, c = torch.zeros(PARAM_WIDTH, row.width), torch.zeros(row.width)
-    o = _OFFSET[row.field]
+    M, c = torch.zeros(WIDTH, row.width), torch.zeros(row.width)
+    o = OFFSETS[row.field]
     if row.field == "crop":  # (y0, x0, h, w) -> (y0 + h/2, x0 + w/2, h, w)
         for k in range(4):
             M[o + k, k] = 1.0
@@ -207,7 +203,7 @@ class AugSelf(nn.Module):
 
     def targets(self, params: dict) -> torch.Tensor:
         """Every row's targets, both orders: (2B, sum of widths), rows side by side."""
-        p = torch.cat([params[k] for k in FIELDS], dim=-1)[:, :2].reshape(-1, 2 * PARAM_WIDTH)
+        p = torch.cat([params[k] for k in FIELDS], dim=-1)[:, :2].reshape(-1, 2 * WIDTH)
         # parameters are float32 (the Batch contract), the buffers too but in an fp64 run
         d = torch.addmm(self.code_c, p.to(self.code_m.dtype), self.code_m)  # v1 - v2
         if self.has_bce:                                      # same-or-not: 1 - |f1 - f2|

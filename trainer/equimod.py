@@ -22,11 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipelines.params import FIELDS
+from pipelines.params import FIELDS, WIDTH
 from trainer import losses
 from trainer.models import mlp
-
-PARAM_WIDTH = sum(FIELDS.values())  # 12: crop 4, flip 1, color 4, gray 1, blur 1, solarize 1
 
 
 def flat_params(params: dict[str, torch.Tensor], v: int) -> torch.Tensor:
@@ -39,8 +37,8 @@ class EquiMod(nn.Module):
                  temperature: float = 0.2, weight: float = 1.0):
         super().__init__()
         self.projector = mlp(features, hidden, dim, layers=3, last_bn=True, last_bn_affine=False)
-        self.embed = nn.Sequential(nn.BatchNorm1d(2 * PARAM_WIDTH, affine=False),
-                                   nn.Linear(2 * PARAM_WIDTH, dim, bias=False),
+        self.embed = nn.Sequential(nn.BatchNorm1d(2 * WIDTH, affine=False),
+                                   nn.Linear(2 * WIDTH, dim, bias=False),
                                    nn.BatchNorm1d(dim))
         self.predictor = nn.Sequential(nn.Linear(2 * dim, dim, bias=False),
                                        nn.BatchNorm1d(dim, affine=False))
@@ -50,9 +48,9 @@ class EquiMod(nn.Module):
         y1, y2 = self.projector(feats[0]), self.projector(feats[1])
         p1, p2 = flat_params(batch.params, 0), flat_params(batch.params, 1)
         pairs = torch.cat([torch.cat([p1, p2], 1), torch.cat([p2, p1], 1)], 0)
-        # Parameters are float32 (the Batch contract); the embedding's weights are
-        # float32 too, except in an fp64 reference run.
-        t = self.embed(pairs.to(y1.dtype if y1.dtype == torch.float64 else pairs.dtype))
+        # Parameters are float32 (the Batch contract), the embedding's weights too
+        # but in an fp64 reference run: take the weights' dtype.
+        t = self.embed(pairs.to(self.embed[1].weight.dtype))
         y_hat = self.predictor(torch.cat([torch.cat([y1, y2], 0), t.to(y1.dtype)], 1))
         loss = losses.nt_xent(torch.cat([y2, y1], 0), y_hat, self.temperature)
         return {"loss": self.weight * loss, "equimod": loss.detach()}
