@@ -39,6 +39,7 @@ from trainer import optim, systems
 from trainer.build import build_objective
 from trainer.config import Config
 from trainer.dist import Env
+from trainer.run import train_step
 
 
 class Timer:
@@ -64,24 +65,14 @@ class Timer:
         return time.perf_counter() - self.t0
 
 
-def train_step(model, objective, opt, sysm, batch, step: int):
-    with sysm.autocast():
-        out = model(batch)
-    opt.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    objective.after_backward(step)
-    opt.step()
-    objective.after_step(0.5)
-
-
 def ceiling(model, objective, opt, sysm, batch, steps: int, warmup: int) -> float:
     """Images/s on one batch kept on the device."""
     for i in range(warmup):
-        train_step(model, objective, opt, sysm, batch, i)
+        train_step(model, objective, opt, sysm, batch, i, 0.5)
     timer = Timer(sysm.device)
     timer.start()
     for i in range(steps):
-        train_step(model, objective, opt, sysm, batch, i)
+        train_step(model, objective, opt, sysm, batch, i, 0.5)
     return steps * len(batch) / timer.stop()
 
 
@@ -91,7 +82,7 @@ def end_to_end(model, objective, opt, sysm, loader, epoch: int, steps: int,
     loader.set_epoch(epoch)
     it = iter(loader)
     for i in range(warmup):
-        train_step(model, objective, opt, sysm, next(it), i)
+        train_step(model, objective, opt, sysm, next(it), i, 0.5)
     timer, waited, n = Timer(sysm.device), 0.0, 0
     timer.start()
     t0 = time.perf_counter()
@@ -100,7 +91,7 @@ def end_to_end(model, objective, opt, sysm, loader, epoch: int, steps: int,
         batch = next(it)
         waited += time.perf_counter() - w
         n += len(batch)
-        train_step(model, objective, opt, sysm, batch, i)
+        train_step(model, objective, opt, sysm, batch, i, 0.5)
     seconds = timer.stop()
     host = time.perf_counter() - t0
     it.close()

@@ -32,7 +32,7 @@ def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
     added to either fails here. The first batch and step run outside the mode
     (kernel compilation, lazy optimiser state)."""
     from pipelines.build import LoaderConfig, build_loader
-    from trainer import optim
+    from trainer import optim, systems
     from trainer.build import build_objective
     from trainer.config import from_argv
 
@@ -43,15 +43,10 @@ def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
     objective = build_objective(cfg, loader.recipe, 0).cuda().to(memory_format=torch.channels_last)
     opt = optim.build(objective.param_groups(), "sgd", 0.1, 0.9, 5e-4)
 
+    sysm = systems.Systems(torch.device("cuda"), torch.bfloat16, None)
+
     def step(batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = objective(batch)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        objective.after_backward(0)
-        opt.step()
-        objective.after_step(0.5)
-        return out
+        return trainer_run.train_step(objective, objective, opt, sysm, batch, 0, 0.5)
 
     loader.set_epoch(0)
     it = iter(loader)

@@ -55,6 +55,27 @@ def _global_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]
     return dict(zip(keys, values))
 
 
+def train_step(model, objective, optimizer, sysm: systems.Systems, batch, step: int,
+               progress: float) -> dict[str, torch.Tensor]:
+    """One optimisation step: forward under the run's autocast, backward (scaled
+    for fp16), the objective's hooks around the optimiser step. ``model`` is what
+    to call (DDP-wrapped or compiled), ``objective`` the bare module; ``step``
+    counts from 0 and ``progress`` is the fraction of training done after it."""
+    with sysm.autocast():
+        out = model(batch)
+    loss = out["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    (sysm.scaler.scale(loss) if sysm.scaler is not None else loss).backward()
+    objective.after_backward(step)
+    if sysm.scaler is not None:
+        sysm.scaler.step(optimizer)
+        sysm.scaler.update()
+    else:
+        optimizer.step()
+    objective.after_step(progress)
+    return out
+
+
 def train(cfg: Config) -> dict:
     """Run (or resume) the configured pretraining; returns a summary dict."""
     env = dist.init("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
@@ -127,19 +148,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         loader.set_epoch(epoch, skip)
         for batch in loader:
             cur_lr = optim.set_lr(optimizer, step, total, warmup)
-            with sysm.autocast():
-                out = model(batch)
-            loss = out["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            (sysm.scaler.scale(loss) if sysm.scaler is not None else loss).backward()
-            objective.after_backward(step)
-            if sysm.scaler is not None:
-                sysm.scaler.step(optimizer)
-                sysm.scaler.update()
-            else:
-                optimizer.step()
+            out = train_step(model, objective, optimizer, sysm, batch, step, (step + 1) / total)
             step += 1
-            objective.after_step(step / total)
             # Accumulate on the device; .item() only when a line is logged.
             for k, v in out.items():
                 v = v.detach().float()
