@@ -19,26 +19,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def test_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Half noise (every pixel a new hue), half smooth ramps (blur and contrast matter)."""
-    g = np.random.default_rng(seed)
-    crops = g.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    ramp = np.cumsum(g.integers(0, 9, (n // 2, size, size, 3)), axis=1)
-    crops[: n // 2] = (ramp % 256).astype(np.uint8)
-    return crops
+from agreement import noise_and_ramps, reference_view  # noqa: E402 - tests/ on the path
 
 
 def kernel(device: str = "cpu", n: int = 32, size: int = 32) -> dict:
     """One view with every op firing often, against the reference ops: the uint8
     raw view (levels off, share of values off) and the float view before
     rounding (largest difference, in 8-bit levels)."""
-    from pipelines import photometric_cpu, photometric_triton, reference, sampling
+    from pipelines import photometric_cpu, photometric_triton, sampling
     from pipelines.recipe import preset
 
     r = dataclasses.replace(preset("byol", size).views[1], jitter_p=0.9, blur_p=0.6,
                             solarize_p=0.5, gray_p=0.3)
-    crops = test_crops(n, size)
+    crops = noise_and_ramps(n, size)
     p = sampling.sample_rest(r, 0, 0, torch.arange(n), 0)
     params = torch.zeros(n, 12)
     params[:, 4:] = torch.from_numpy(photometric_cpu.rest_of(p))
@@ -48,9 +41,7 @@ def kernel(device: str = "cpu", n: int = 32, size: int = 32) -> dict:
     assert views.is_contiguous(memory_format=torch.channels_last)
     levels, float_diff = [], 0.0
     for i in range(n):
-        x = torch.from_numpy(crops[i]).permute(2, 0, 1).float() / 255
-        z = reference.photometric(x, {k: t[i] for k, t in p.items()}).clamp(0, 1)
-        want = (z * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        z, want = reference_view(crops[i], {k: t[i] for k, t in p.items()})
         levels.append(np.abs(want.astype(int) - raw[i].cpu().numpy().astype(int)))
         float_diff = max(float_diff, float((views[i].cpu() - z).abs().max()) * 255)
     levels = np.stack(levels)
@@ -73,7 +64,7 @@ def ops(device: str = "cpu", batch: int = 16, size: int = 32) -> dict:
     recipe = preset("augself", size)
     finish = Finisher(recipe, 0, torch.device(device), torch.bfloat16 if device == "cuda"
                       else torch.float32, stage="triton")
-    crops = [torch.from_numpy(test_crops(batch, size, seed=v)).to(device) for v in range(2)]
+    crops = [torch.from_numpy(noise_and_ramps(batch, size, seed=v)).to(device) for v in range(2)]
     crop = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (batch, 2, 1))
     labels, index = np.zeros(batch, np.int64), np.arange(batch, dtype=np.int64)
     finish(crops, crop, labels, index, 0)  # compile / warm up
