@@ -114,8 +114,49 @@ def test_augself_zero_weight_removes_row_and_loss_matches_naive():
     assert out["loss"].item() == pytest.approx(total, rel=1e-5)
 
 
+def test_batched_head_trains_like_separate_heads():
+    """Training mode (batch statistics, running statistics updated) and gradients:
+    the batched head against separate per-row heads on the same batch of pairs."""
+    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25})
+    torch.manual_seed(1)
+    recipe = preset("augself", 32)
+    head = AugSelf(8, table, recipe, hidden=16)
+    widths = [r.width for r in table]
+    naive = [_naive_head(head.heads, i, widths, 16).train() for i in range(len(table))]
+    f1, f2 = torch.randn(3, 8), torch.randn(3, 8)
+    params = params_by_hand()
+    head([f1, f2], B(params))["loss"].backward()
+    want = augself.targets(table, params, recipe)
+    z = torch.cat([torch.cat([f1, f2], 1), torch.cat([f2, f1], 1)])  # (v1, v2) then (v2, v1)
+    total = 0.0
+    for r, m in zip(table, naive):
+        pred = m(z)
+        if r.loss == "bce":
+            term = torch.nn.functional.binary_cross_entropy_with_logits(pred, want[r.field])
+        else:
+            term = ((torch.tanh(pred) - want[r.field]) ** 2).mean()
+        total = total + r.weight * term
+    total.backward()
+    h, H = head.heads, 16
+    o = 0
+    for i, (w, m) in enumerate(zip(widths, naive)):
+        blk = slice(i * H, (i + 1) * H)
+        for got, ref in ((h.lin1.weight.grad[blk], m[0].weight.grad),
+                         (h.w2.grad[blk, blk], m[3].weight.grad),
+                         (h.w3.grad[o:o + w, blk], m[6].weight.grad),
+                         (h.b3.grad[o:o + w], m[6].bias.grad),
+                         (h.bn1.weight.grad[blk], m[1].weight.grad),
+                         (h.bn2.running_mean[blk], m[4].running_mean),
+                         (h.bn2.running_var[blk], m[4].running_var)):
+            torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+        o += w
+    # the off-block gradients are masked before any optimiser sees them
+    assert (h.w2.grad[h.m2 == 0] == 0).all() and (h.w3.grad[h.m3 == 0] == 0).all()
+
+
 def test_batched_targets_equal_the_row_definitions():
-    """AugSelf's one-product targets equal the per-row target functions, every row,
+    """AugSelf's one-product targets equal the per-row target functions, every row
+    (row 2i the order (v1, v2) of sample i, row 2i+1 the order (v2, v1)),
     on random parameters, for views whose colour ranges differ (the centres of the
     colour code then do not cancel)."""
     import dataclasses
@@ -134,8 +175,9 @@ def test_batched_targets_equal_the_row_definitions():
     head = AugSelf(8, table, recipe, hidden=4)
     want = augself.targets(table, params, recipe)
     got = head.targets(params)
-    torch.testing.assert_close(got, torch.cat([want[r.field] for r in table], 1),
-                               atol=1e-6, rtol=1e-6)
+    stacked = torch.cat([want[r.field] for r in table], 1)  # (v1, v2) rows, then (v2, v1)
+    interleaved = stacked.view(2, 64, -1).transpose(0, 1).reshape(128, -1)
+    torch.testing.assert_close(got, interleaved, atol=1e-6, rtol=1e-6)
 
 
 def test_row_heads_stay_independent_blocks():

@@ -27,12 +27,13 @@ view's parameters, so all targets of both orders come from one matrix product
 of the two views' flattened parameters (the per-row functions below stay the
 definition, and a test holds the product to them). The R row heads run as one
 module: their first layers side by side, the 512-wide hidden layers and the
-outputs as block-diagonal matrices (fixed masks keep the blocks independent:
-the same function and gradients as R separate heads, one matmul per layer), and
-the losses are one masked elementwise pass with per-column weights. Eager, a
-SimSiam step gains ~100 dispatched ops with AugSelf instead of ~250 (counted
-on CPU, tests/test_op_counts.py). One difference from separate heads: LARS computes
-its trust ratio over the whole block-diagonal matrix, not per head.
+outputs as block-diagonal matrices (a gradient mask keeps the blocks
+independent: the same function and gradients as R separate heads, one matmul
+per layer), and the losses are one elementwise pass with per-column weights.
+Eager, a SimSiam step gains 37 kernel-launching ops with AugSelf (88 dispatched,
+views included) where separate heads cost ~250 dispatched (counted on CPU,
+tests/test_op_counts.py). One difference from separate heads: LARS computes its
+trust ratio over the whole block-diagonal matrix, not per head.
 """
 
 from __future__ import annotations
@@ -141,11 +142,32 @@ def code_map(table: list[Row], recipe: Recipe) -> tuple[torch.Tensor, torch.Tens
     return M, c
 
 
+class _MaskGrad(torch.autograd.Function):
+    """Identity forward (an alias: no kernel); backward multiplies the gradient by
+    a fixed 0/1 mask. A function in the graph rather than a tensor hook, so that it
+    survives deepcopy and state-dict loading."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return g * mask, None
+
+
 class RowHeads(nn.Module):
     """R heads Linear(n_in, H)-BN-ReLU-Linear(H, H)-BN-ReLU-Linear(H, k_r), the
     reference code's per-augmentation predictor, computed as one: layer 1 is
-    the R first layers stacked, layers 2 and 3 block-diagonal (masked), BN per
-    channel as before. Initialised block by block like mlp(): U(+-1/sqrt(fan_in))."""
+    the R first layers stacked, layers 2 and 3 block-diagonal, BN per channel as
+    before. Initialised block by block like mlp(): U(+-1/sqrt(fan_in)).
+
+    The off-block entries of w2 and w3 start at zero and _MaskGrad zeroes their
+    gradient, so no optimiser we build moves them (the update of an entry
+    whose weight, gradient and state are zero is zero: SGD with momentum and decay,
+    LARS, AdamW). One multiply per weight in the backward pass, none in the forward."""
 
     def __init__(self, n_in: int, hidden: int, widths: list[int]):
         super().__init__()
@@ -172,13 +194,23 @@ class RowHeads(nn.Module):
         self.register_buffer("m2", m2, persistent=False)
         self.register_buffer("m3", m3, persistent=False)
 
+    def _bn(self, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+        # nn.BatchNorm1d.forward with a fixed momentum, minus its num_batches_tracked
+        # counter (one more op per step, read only when momentum is None)
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            self.training, bn.momentum, bn.eps)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(self.lin1(z)))
-        h = F.relu(self.bn2(F.linear(h, self.w2 * self.m2)))
-        return F.linear(h, self.w3 * self.m3, self.b3)
+        h = F.relu(self._bn(self.bn1, F.linear(z, self.lin1.weight)))
+        h = F.relu(self._bn(self.bn2, F.linear(h, _MaskGrad.apply(self.w2, self.m2))))
+        return F.linear(h, _MaskGrad.apply(self.w3, self.m3), self.b3)
 
 
 class AugSelf(nn.Module):
+    """Rows of the pair (v1, v2) and (v2, v1) are interleaved: row 2i is sample i in
+    the order (v1, v2), row 2i+1 in the order (v2, v1). One concatenation builds
+    the head's input and one product builds every target of both orders."""
+
     def __init__(self, features: int, table: list[Row], recipe: Recipe, hidden: int = 512):
         super().__init__()
         if not table:
@@ -194,25 +226,29 @@ class AugSelf(nn.Module):
         for i, r in enumerate(table):
             member[o:o + r.width, i] = 1.0 / r.width
             o += r.width
+        weight = torch.tensor([float(r.weight) for r in table])
         self.has_bce = bool(same.any())
         # Built once, moved with the module: no host-to-device copy in the step.
-        for name, t in (("code_m", M), ("code_c", c), ("same", same.bool()),
-                        ("sign", 1.0 - 2.0 * (1 - same)), ("member", member),
-                        ("row_weight", torch.tensor([float(r.weight) for r in table]))):
+        # [code(v1) - code(v2), code(v2) - code(v1)] = [p1, p2] @ [M, -M] + [c, -c]
+        for name, t in (("code_m", torch.cat([M, -M], 1)), ("code_c", torch.cat([c, -c])),
+                        ("same", same.bool()), ("member", member),
+                        ("col_weight", member @ weight)):
             self.register_buffer(name, t, persistent=False)
 
     def targets(self, params: dict) -> torch.Tensor:
-        """Every row's targets, both orders: (2B, sum of widths), rows side by side."""
+        """Every row's targets, both orders interleaved: (2B, sum of widths), rows
+        side by side; row 2i is (v1, v2) of sample i, row 2i+1 is (v2, v1)."""
         p = torch.cat([params[k] for k in FIELDS], dim=-1)[:, :2].reshape(-1, 2 * WIDTH)
         # parameters are float32 (the Batch contract), the buffers too but in an fp64 run
-        d = torch.addmm(self.code_c, p.to(self.code_m.dtype), self.code_m)  # v1 - v2
+        d = torch.addmm(self.code_c, p.to(self.code_m.dtype), self.code_m)
+        d = d.view(len(p) * 2, -1)
         if self.has_bce:                                      # same-or-not: 1 - |f1 - f2|
             d = torch.where(self.same, 1.0 - d.abs(), d)
-        return torch.cat([d, d * self.sign])                  # (v2, v1): differences negate
+        return d
 
     def forward(self, feats: list[torch.Tensor], batch) -> dict[str, torch.Tensor]:
         f1, f2 = feats[0], feats[1]
-        z = torch.cat([torch.cat([f1, f2], 1), torch.cat([f2, f1], 1)], 0)
+        z = torch.cat([f1, f2, f2, f1], 1).view(2 * len(f1), -1)
         pred = self.heads(z)
         # Targets and losses in fp32 (fp64 in an fp64 run) even under autocast, which
         # would run their matrix products in bf16 (3 significant digits).
@@ -220,13 +256,13 @@ class AugSelf(nn.Module):
             if pred.dtype in (torch.bfloat16, torch.float16):
                 pred = pred.float()
             want = self.targets(batch.params)
-            err = (torch.tanh(pred) - want) ** 2
+            err = F.mse_loss(torch.tanh(pred), want, reduction="none")
             if self.has_bce:
                 bce = F.binary_cross_entropy_with_logits(pred, want, reduction="none")
                 err = torch.where(self.same, bce, err)
-            per_row = err.sum(0) @ self.member / len(z)       # each row's mean loss
-            total = per_row @ self.row_weight
-        logs = per_row.detach()
+            col = err.mean(0)                                 # each column's mean
+            total = col @ self.col_weight                     # sum of weighted row means
+        logs = col.detach() @ self.member
         out = {f"augself/{r.field}": logs[i] for i, r in enumerate(self.table)}
         out["augself"] = total.detach()
         out["loss"] = total
