@@ -43,3 +43,58 @@ def test_fixed_lr_groups_keep_their_rate():
     optim.set_lr(opt, 50, 100, 0)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     assert opt.param_groups[1]["lr"] == pytest.approx(0.2)
+
+
+def _lars_per_parameter(params, lr, momentum, weight_decay, eta, bufs):
+    """The naive LARS step, one parameter at a time."""
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            d = p.grad
+            if p.ndim > 1:
+                d = d + weight_decay * p
+                w_norm, d_norm = p.norm(), d.norm()
+                if w_norm > 0 and d_norm > 0:
+                    d = d * (eta * w_norm / d_norm)
+            bufs[i] = d.clone() if bufs[i] is None else momentum * bufs[i] + d
+            p -= lr * bufs[i]
+
+
+def test_multi_tensor_lars_equals_the_per_parameter_loop():
+    """Matrices, a zero matrix (trust 1), vectors, and a parameter without a gradient."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 4), (3, 3, 2, 2), (4,), (6, 5), (1,)]
+    ref = [torch.randn(s, generator=g) for s in shapes]
+    ref[3].zero_()
+    ours = [torch.nn.Parameter(t.clone()) for t in ref]
+    idle = torch.nn.Parameter(torch.ones(2, 2))
+    opt = optim.LARS([{"params": ours + [idle]}], lr=0.3, momentum=0.9, weight_decay=1e-2,
+                     eta=2e-2)
+    bufs = [None] * len(ref)
+    for _ in range(4):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        for p, gr in zip(ours, grads):
+            p.grad = gr.clone()
+        for t, gr in zip(ref, grads):
+            t.grad = gr.clone()
+        opt.step()
+        _lars_per_parameter(ref, 0.3, 0.9, 1e-2, 2e-2, bufs)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-6, atol=1e-6)
+    assert torch.equal(idle.detach(), torch.ones(2, 2)) and idle not in opt.state
+
+
+def test_built_sgd_equals_plain_momentum_sgd():
+    """The fused SGD build against the textbook update (decay into the gradient,
+    buffer = grad on the first step, m * buffer + grad after)."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(5, 3, generator=g))
+    ref, buf = w.detach().clone(), None
+    opt = optim.build([{"params": [w], "fixed_lr": False}], "sgd", 0.1, 0.9, 1e-3)
+    for _ in range(3):
+        grad = torch.randn(5, 3, generator=g)
+        w.grad = grad.clone()
+        opt.step()
+        d = grad + 1e-3 * ref
+        buf = d if buf is None else 0.9 * buf + d
+        ref = ref - 0.1 * buf
+        torch.testing.assert_close(w.detach(), ref, rtol=1e-6, atol=1e-7)

@@ -23,8 +23,13 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 class LARS(torch.optim.Optimizer):
     """LARS (You et al. 2017) as used by BYOL/SimCLR: for each weight matrix the
-    update is scaled by trust = eta * |w| / |g + wd w|; biases and norm layers
-    (1-D parameters) get neither weight decay nor adaptation."""
+    update is scaled by trust = eta * |w| / |g + wd w| (1 where either norm is 0);
+    biases and norm layers (1-D parameters) get neither weight decay nor
+    adaptation. Momentum buffer b <- m b + d, then w <- w - lr b.
+
+    Multi-tensor (foreach) ops over each group's parameters: a fixed ~15 launches
+    per group instead of ~13 per parameter (RN50 has 161: ~2,000 launches a step
+    eager on a GPU). tests/test_optim.py holds it to the per-parameter loop."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 1e-3):
@@ -34,22 +39,29 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if p.ndim > 1:
-                    d = d.add(p, alpha=g["weight_decay"])
-                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    trust = torch.where((w_norm > 0) & (d_norm > 0),
-                                        g["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
-                    d = d.mul(trust)
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = d.clone()
-                else:
-                    buf.mul_(g["momentum"]).add_(d)
-                p.add_(buf, alpha=-g["lr"])
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps:
+                continue
+            mats = [p for p in ps if p.ndim > 1]
+            d = {id(p): p.grad for p in ps if p.ndim <= 1}
+            if mats:
+                dm = torch._foreach_add([p.grad for p in mats], mats, alpha=g["weight_decay"])
+                w_norm = torch.stack(torch._foreach_norm(mats))
+                d_norm = torch.stack(torch._foreach_norm(dm))
+                trust = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm,
+                                    torch.ones_like(w_norm))
+                torch._foreach_mul_(dm, trust.to(dm[0].dtype).unbind())
+                d.update((id(p), x) for p, x in zip(mats, dm))
+            grads = [d[id(p)] for p in ps]
+            bufs = []
+            for p in ps:  # zeros on the first step: m * 0 + d = d exactly, as a clone
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(st["momentum_buffer"])
+            torch._foreach_mul_(bufs, g["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(ps, bufs, alpha=-g["lr"])
 
 
 def build(groups: list[dict], name: str, lr: float, momentum: float, weight_decay: float):
@@ -58,10 +70,11 @@ def build(groups: list[dict], name: str, lr: float, momentum: float, weight_deca
               for g in groups if g["params"]]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    # foreach: one multi-tensor op per update stage for every parameter at once, on
-    # any device (CUDA's default, CPU's not): the same arithmetic, a few launches.
+    # fused: one kernel per group for the whole update (decay, momentum, step) on
+    # CUDA and CPU; the issue-10 measurement on an H100 (RN50 SimSiam+AugSelf,
+    # whole objective compiled): 2,842 img/s against 2,827 with foreach.
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           foreach=True)
+                           fused=True)
 
 
 def set_lr(optimizer, step: int, total: int, warmup: int) -> float:
