@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.recipe import preset
+from pipelines.recipe import preset, with_jitter
 
 BACKENDS = ("dali-gpu", "dali-cpu", "ffcv", "torchvision")
 
@@ -27,6 +27,8 @@ class LoaderConfig:
     preset: str = "augself"
     size: int = 224            # output side of the large views
     small_size: int | None = None  # multi-crop small views (swav)
+    jitter: tuple[float, float, float, float] | None = None  # every view's b, c, s, h
+                                                              # strengths; None: the preset's
     batch_size: int = 256
     seed: int = 0
     shuffle: bool = True
@@ -73,6 +75,8 @@ def resolve_backend(name: str) -> str:
 def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
     backend = resolve_backend(cfg.backend)
     recipe = preset(cfg.preset, cfg.size, cfg.small_size)
+    if cfg.jitter is not None:
+        recipe = with_jitter(recipe, cfg.jitter)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,
                   drop_last=cfg.drop_last, rank=cfg.rank, world=cfg.world, dtype=dtype,

@@ -24,6 +24,10 @@ FIELDS: dict[str, int] = {"crop": 4, "flip": 1, "color": 4, "gray": 1, "blur": 1
 WIDTH = sum(FIELDS.values())
 OFFSETS: dict[str, int] = {k: sum(list(FIELDS.values())[:i]) for i, k in enumerate(FIELDS)}
 
+# A name for each of the WIDTH values, in order (reports, the augparams probe).
+NAMES: list[str] = ["crop_y0", "crop_x0", "crop_h", "crop_w", "flip", "brightness", "contrast",
+                    "saturation", "hue", "gray", "blur", "solarize"]
+
 IDENTITY: dict[str, tuple[float, ...]] = {
     "crop": (0.0, 0.0, 1.0, 1.0),
     "flip": (0.0,),

@@ -84,6 +84,22 @@ def _swav(size: int, small: int) -> Recipe:
 PRESETS = {"augself": _augself, "simclr": _simclr, "byol": _byol, "swav": _swav}
 
 
+def parse_jitter(text: str) -> tuple[float, float, float, float]:
+    """'B,C,S,H' -> the four strengths, checked (torchvision's limits)."""
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected four numbers B,C,S,H") from None
+    if len(vals) != 4 or min(vals) < 0 or vals[3] > 0.5:
+        raise ValueError(f"{text!r}: expected four numbers B,C,S,H, each >= 0, H <= 0.5")
+    return vals  # type: ignore[return-value]
+
+
+def with_jitter(recipe: Recipe, jitter: tuple[float, float, float, float]) -> Recipe:
+    """The recipe with every view's colour jitter strengths replaced."""
+    return replace(recipe, views=tuple(replace(v, jitter=tuple(jitter)) for v in recipe.views))
+
+
 def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
     """A preset at output side ``size`` (multi-crop small views at ``small_size``,
     default 96/224 of ``size``)."""

@@ -7,7 +7,8 @@ import numpy as np
 from conftest import run_tool
 from PIL import Image
 
-from tools.make_synthetic import COLOURS, SHAPES, factors_of, generate
+from evaluation.labelings import factors
+from tools.make_synthetic import COLOURS, HUE_BIN, SHAPES, generate
 
 
 def _files(root):
@@ -30,7 +31,7 @@ def test_colour_label_is_the_hue_of_the_most_saturated_pixels(tmp_path):
     assert meta["factors"] == {"colour": list(COLOURS), "shape": SHAPES}
     hues = np.array(list(COLOURS.values()), dtype=float)
     for path in (tmp_path / "d" / "train").rglob("*.jpg"):
-        colour, shape = path.parent.name.split("_")
+        colour = dict(kv.split("=") for kv in path.parent.name.split(","))["colour"]
         rgb = np.asarray(Image.open(path)).reshape(-1, 3) / 255.0
         hsv = np.array([colorsys.rgb_to_hsv(*p) for p in rgb])
         obj = hsv[hsv[:, 1] > 0.5]  # the background and distractors are nearly grey
@@ -38,15 +39,17 @@ def test_colour_label_is_the_hue_of_the_most_saturated_pixels(tmp_path):
         assert (hsv[:, 1] > 0.5).mean() < 0.5
         h = np.degrees(np.angle(np.exp(1j * 2 * np.pi * obj[:, 0]).mean())) % 360
         dist = np.abs((hues - h + 180) % 360 - 180)
-        assert list(COLOURS)[int(dist.argmin())] == colour and dist.min() < 15, (path, h)
+        # uniform within the bin; JPEG and antialiasing move the mean a few degrees
+        assert dist[list(COLOURS).index(colour)] < HUE_BIN / 2 + 4, (path, h, colour)
 
 
 def test_factors_recovered_from_class_names_and_cli_sizes(tmp_path):
-    names = sorted(f"{c}_{s}" for c in COLOURS for s in SHAPES)  # ImageFolder order
-    f = factors_of(names)
+    names = sorted(f"colour={c},shape={s}" for c in COLOURS for s in SHAPES)  # ImageFolder
+    f = factors(names)
     for k, name in enumerate(names):
-        c, s = name.split("_")
-        assert list(COLOURS)[f["colour"][k]] == c and SHAPES[f["shape"][k]] == s
+        c, s = (kv.split("=")[1] for kv in name.split(","))
+        assert list(COLOURS)[f["colour"][k]] == c and sorted(SHAPES)[f["shape"][k]] == s
+    assert factors(["cat", "dog"]) is None and factors(["a=1", "b=2"]) is None
     r = run_tool("tools.make_synthetic", "--out", tmp_path / "big", "--size", "500x375",
                  "--n-train", "3", "--n-test", "2", "--quiet")
     assert r.returncode == 0, r.stderr

@@ -34,6 +34,9 @@ class Config:
                       "augself's)", ["auto", "augself", "simclr", "byol", "swav"])
     size: int = opt(224, "output side of the (large) views, pixels")
     small_size: int = opt(0, "side of multi-crop small views (0: 96/224 of --size)")
+    jitter: str = opt("", "colour jitter of every view as B,C,S,H: brightness, contrast and "
+                      "saturation factors in [1-x, 1+x], hue shift in [-H, H] turns (H <= "
+                      "0.5); empty: the preset's (augself 0.4,0.4,0.4,0.1)")
     workers: int = opt(2, "loader worker processes / threads")
     # model and method
     method: str = opt("simsiam", "SSL method",
@@ -128,6 +131,12 @@ def validate(cfg: Config, where: str = "config") -> None:
     for name in ("epochs", "batch_size", "size", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
+    if cfg.jitter:
+        from pipelines.recipe import parse_jitter
+        try:
+            parse_jitter(cfg.jitter)
+        except ValueError as e:
+            raise ValueError(f"{where}: jitter: {e}") from None
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,106 +1,131 @@
-"""Frozen-backbone evaluation: features of un-augmented images (resized to the
-run's view size, normalised like the views), then a weighted kNN classifier
-(k = 20, T = 0.07, Wu et al. 2018) and a linear classifier (multinomial
-logistic regression on standardised features, full-batch L-BFGS) for every
-labeling of the dataset.
+"""Frozen-backbone evaluation of a run: the tasks of the AugSelf paper's
+protocol on any converted dataset (the probes themselves live in evaluation/).
 
-Labelings: ``class`` (the manifest's); for the synthetic colour x shape set
-also ``colour`` and ``shape`` (tools/make_synthetic.py), recovered from the
-class names.
+Tasks (``EvalConfig.tasks``):
+- ``linear``: logistic regression, L-BFGS, L2 strength swept on a validation
+  split carved from train, refit on all of train; top-1 and mean per-class
+  accuracy, for every labeling (the classes; plus one per factor of
+  ``key=value,...`` class names, e.g. the synthetic set's colour and shape).
+- ``knn``: weighted cosine kNN (k, temperature), every labeling.
+- ``fewshot``: N-way K-shot episodes on the test split's classes.
+- ``color``: ridge R^2 from features to each image's joint HSV histogram.
+- ``augparams``: ridge R^2 of each augmentation parameter from the features of
+  single views rendered by the project's loader with the run's recipe.
+
+Features of un-augmented images are extracted once per (backbone, split, view
+side) and cached in the run folder (evaluation/features.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
-from pipelines.records import Records, open_rgb
+from evaluation.features import cached
+from evaluation.labelings import labelings
+
+TASKS = ("linear", "knn", "fewshot", "color", "augparams")
 
 
-def labelings(records: Records, labels: np.ndarray) -> dict[str, np.ndarray]:
-    out = {"class": labels}
-    classes = records.manifest.get("classes") or []
-    try:
-        from tools.make_synthetic import factors_of
-        factors = factors_of(classes)
-    except (ValueError, KeyError):
-        return out
-    for name, per_class in factors.items():
-        out[name] = np.asarray(per_class)[labels]
+@dataclass
+class EvalConfig:
+    tasks: tuple[str, ...] = TASKS
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 15
+    episodes: int = 2000
+    seed: int = 0
+    progress: bool = True
+    # augparams: how the views are rendered (the run's recipe; backend auto = best here)
+    backend: str = "auto"
+    preset: str = "augself"
+    jitter: tuple[float, float, float, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))}; choose from "
+                             f"{', '.join(TASKS)}")
+
+
+def _augparams(backbone, data_train: str, data_test: str, size: int, ecfg: EvalConfig, device):
+    from evaluation.augparams import augparams_probe, view_features
+    from pipelines.build import LoaderConfig
+
+    def views(data):
+        lc = LoaderConfig(data=data, backend=ecfg.backend, preset=ecfg.preset, size=size,
+                          jitter=ecfg.jitter, batch_size=256, seed=ecfg.seed, shuffle=False,
+                          drop_last=False, device=str(device))
+        return view_features(backbone, lc, device, ecfg.progress)
+
+    return augparams_probe(views(data_train), views(data_test), seed=ecfg.seed)
+
+
+def evaluate(backbone, train_data: str, test_data: str, size: int, device="cpu",
+             ecfg: EvalConfig | None = None, cache_dir: Path | None = None) -> dict:
+    """Every task of ``ecfg`` -> {task: result}; see the module docstring."""
+    from evaluation.fewshot import fewshot_probe
+    from evaluation.knn import knn_probe
+    from evaluation.linear import linear_probe
+    from evaluation.ridge import ridge_r2
+
+    ecfg = ecfg or EvalConfig()
+    ecfg.check()
+    backbone = backbone.to(device)
+    tr = cached(backbone, train_data, size, cache_dir, device, ecfg.progress)
+    te = cached(backbone, test_data, size, cache_dir, device, ecfg.progress)
+    tr_l, te_l = labelings(tr.classes, tr.labels), labelings(te.classes, te.labels)
+    dev = torch.device(device)
+    xa, xb = tr.feats.to(dev), te.feats.to(dev)
+    out: dict = {}
+    for task in ecfg.tasks:
+        if task == "linear":
+            out[task] = {name: linear_probe(xa, torch.as_tensor(tr_l[name]), xb,
+                                            torch.as_tensor(te_l[name]), seed=ecfg.seed)
+                         for name in tr_l}
+        elif task == "knn":
+            out[task] = {name: knn_probe(xa, torch.as_tensor(tr_l[name]), xb,
+                                         torch.as_tensor(te_l[name]), k=ecfg.knn_k,
+                                         temperature=ecfg.knn_temperature)
+                         for name in tr_l}
+        elif task == "fewshot":
+            out[task] = fewshot_probe(xb, torch.as_tensor(te.labels), ways=ecfg.ways,
+                                      shots=ecfg.shots, queries=ecfg.queries,
+                                      episodes=ecfg.episodes, seed=ecfg.seed)
+        elif task == "color":
+            out[task] = ridge_r2(xa, tr.hist.to(dev), xb, te.hist.to(dev), seed=ecfg.seed)
+        elif task == "augparams":
+            out[task] = _augparams(backbone, train_data, test_data, size, ecfg, dev)
     return out
 
 
-@torch.no_grad()
-def features(backbone, data: str, size: int, device, batch: int = 500):
-    """-> (N, F) float32 features on CPU, (N,) labels, the Records."""
-    rec = Records(data)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)   # every preset's normalisation
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    backbone.eval()
-    feats, labels = [], []
-    for lo in range(0, len(rec), batch):
-        imgs = []
-        for i in range(lo, min(lo + batch, len(rec))):
-            data_bytes, label, _ = rec[i]
-            im = open_rgb(data_bytes).resize((size, size), Image.BILINEAR)
-            imgs.append(torch.from_numpy(np.asarray(im).copy()))
-            labels.append(label)
-        x = torch.stack(imgs).permute(0, 3, 1, 2).float().div(255)
-        x = ((x - mean) / std).to(device).contiguous(memory_format=torch.channels_last)
-        feats.append(backbone(x).float().cpu())
-    return torch.cat(feats), np.asarray(labels), rec
+def markdown_row(name: str, result: dict) -> tuple[str, str]:
+    """(header, row) of the headline figures, for a table of runs."""
+    cols: list[tuple[str, str]] = []
+    for labeling, r in result.get("linear", {}).items():
+        cols.append((f"linear {labeling}", f"{r['top1']:.3f}"))
+    for labeling, r in result.get("knn", {}).items():
+        cols.append((f"kNN {labeling}", f"{r['top1']:.3f}"))
+    for episode, r in result.get("fewshot", {}).items():
+        cols.append((episode, f"{r['mean']:.3f} ± {r['ci95']:.3f}"))
+    if "color" in result:
+        cols.append(("colour R²", f"{result['color']['r2']:.3f}"))
+    if "augparams" in result and result["augparams"]["mean_r2"] is not None:
+        cols.append(("augparams R²", f"{result['augparams']['mean_r2']:.3f}"))
+    header = "| run | " + " | ".join(c for c, _ in cols) + " |\n|---" + "|---" * len(cols) + "|"
+    return header, f"| {name} | " + " | ".join(v for _, v in cols) + " |"
 
 
-def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 20, t: float = 0.07) -> float:
-    train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
-    train_y, test_y = torch.as_tensor(train_y), torch.as_tensor(test_y)
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    correct = 0
-    for lo in range(0, len(test_f), 1000):
-        sim = test_f[lo:lo + 1000] @ train_f.t()
-        w, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(sim), classes).scatter_add_(1, train_y[idx], (w / t).exp())
-        correct += (votes.argmax(1) == test_y[lo:lo + 1000]).sum().item()
-    return correct / len(test_f)
-
-
-def linear_accuracy(train_f, train_y, test_f, test_y, wd: float = 1e-4,
-                    iters: int = 200) -> float:
-    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    a, b = (train_f - mu) / sd, (test_f - mu) / sd
-    ya, yb = torch.as_tensor(train_y), torch.as_tensor(test_y)
-    classes = int(max(ya.max(), yb.max())) + 1
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(a.shape[1], classes)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=iters, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(lin(a), ya) + wd * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return (lin(b).argmax(1) == yb).float().mean().item()
-
-
-def evaluate(backbone, train_data: str, test_data: str, size: int, device="cpu") -> dict:
-    tr_f, tr_y, tr_rec = features(backbone, train_data, size, device)
-    te_f, te_y, te_rec = features(backbone, test_data, size, device)
-    out = {}
-    tr_l, te_l = labelings(tr_rec, tr_y), labelings(te_rec, te_y)
-    for name in tr_l:
-        out[name] = {"knn": knn_accuracy(tr_f, tr_l[name], te_f, te_l[name]),
-                     "linear": linear_accuracy(tr_f, tr_l[name], te_f, te_l[name])}
-    return out
+def dataset_name(data: str) -> str:
+    p = Path(data).resolve()
+    return f"{p.parent.name}_{p.name}"
 
 
 def load_backbone(run_dir: Path, device="cpu"):
@@ -109,14 +134,38 @@ def load_backbone(run_dir: Path, device="cpu"):
     from trainer.config import from_dict
     from trainer.models import build_backbone
 
-    cfg = from_dict(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    cfg = from_dict(saved["config"])
     net, _ = build_backbone(cfg.backbone, stem_for(cfg))
-    net.load_state_dict(torch.load(Path(run_dir) / "backbone.pt", map_location="cpu"))
-    return net.to(device).to(memory_format=torch.channels_last), cfg
+    state = torch.load(Path(run_dir) / "backbone.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.to(device).to(memory_format=torch.channels_last), cfg, saved.get("resolved", {})
 
 
-def evaluate_run(run_dir, train_data: str, test_data: str, device="cpu") -> dict:
-    net, cfg = load_backbone(Path(run_dir), device)
-    result = evaluate(net, train_data, test_data, cfg.size, device)
-    (Path(run_dir) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate_run(run_dir, train_data: str, test_data: str, device="cpu",
+                 ecfg: EvalConfig | None = None) -> dict:
+    """Evaluate RUN's backbone; writes RUN/eval/<dataset>.json and .md (and, for the
+    run's own test split, RUN/eval.json)."""
+    from pipelines.recipe import parse_jitter
+
+    run_dir = Path(run_dir)
+    net, cfg, resolved = load_backbone(run_dir, device)
+    ecfg = ecfg or EvalConfig()
+    ecfg.preset = resolved.get("preset", ecfg.preset)
+    ecfg.jitter = parse_jitter(cfg.jitter) if cfg.jitter else None
+    result = evaluate(net, train_data, test_data, cfg.size, device, ecfg,
+                      cache_dir=run_dir / "eval" / "features")
+    doc = {"run": str(run_dir), "train": str(train_data), "test": str(test_data),
+           "size": cfg.size, "eval_config": asdict(ecfg), "results": result}
+    name = dataset_name(test_data)
+    (run_dir / "eval").mkdir(exist_ok=True)
+    _write(run_dir / "eval" / f"{name}.json", json.dumps(doc, indent=2) + "\n")
+    header, row = markdown_row(run_dir.name, result)
+    _write(run_dir / "eval" / f"{name}.md", header + "\n" + row + "\n")
     return result

@@ -6,7 +6,8 @@
 
 The run folder gets config.json (resolved, with the git sha), metrics.jsonl,
 checkpoint.pt (atomic, every --ckpt-every steps and at the end), backbone.pt
-(the backbone as a plain state_dict) and, with --test-data, eval.json.
+(the backbone as a plain state_dict) and, with --test-data, eval/<dataset>.json
+(linear, kNN and colour probes; tools/evaluate.py for every task).
 
 Exact resume: the data order and every augmentation draw are functions of
 (seed, epoch, sample index, view) and the checkpoint holds every weight,
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
+from pipelines.recipe import parse_jitter
 from pipelines.records import Records
 from trainer import checkpoint, dist, optim, systems
 from trainer.build import build_objective
@@ -102,6 +104,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     loader = build_loader(LoaderConfig(
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
+        jitter=parse_jitter(cfg.jitter) if cfg.jitter else None,
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
         device=str(sysm.device)), dtype=sysm.dtype)
     classes = num_classes(cfg.data)
@@ -175,9 +178,11 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if env.main:
         torch.save(backbone_state_dict(objective.method.backbone), run_dir / "backbone.pt")
         if cfg.test_data:
-            from trainer.evaluate import evaluate_run
-            summary["eval"] = evaluate_run(run_dir, cfg.data, cfg.test_data,
-                                           device=sysm.device)
+            from trainer.evaluate import EvalConfig, evaluate_run
+            # the quick tasks; tools/evaluate.py runs every one
+            ecfg = EvalConfig(tasks=("linear", "knn", "color"), progress=cfg.progress,
+                              seed=cfg.seed)
+            summary["eval"] = evaluate_run(run_dir, cfg.data, cfg.test_data, sysm.device, ecfg)
     return summary
 
 

@@ -1,0 +1,97 @@
+"""Frozen-backbone features of a converted split, extracted once and cached.
+
+Each image is decoded, resized to the run's view side (bilinear, the whole
+image: no crop), normalised like the training views (ImageNet mean/std, every
+preset's) and passed through the backbone in eval mode, on the device given
+(the GPU when there is one). The same pass records each image's colour
+histogram (evaluation/color.py) at that size, the target of the colour probe.
+
+Cache: ``<cache_dir>/<key>.pt`` with the features, labels and histograms; the
+key hashes the split's manifest, the view side and the backbone weights, so a
+changed dataset or checkpoint is never read from a stale cache. The file is
+written to a temporary name and renamed: an interrupted extraction leaves no
+half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from evaluation.color import histograms
+from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.records import Records, open_rgb
+
+
+@dataclass
+class Split:
+    feats: torch.Tensor    # (N, F) float32, CPU
+    labels: np.ndarray     # (N,) int64
+    hist: torch.Tensor     # (N, 72) float32, CPU: colour histograms
+    classes: list[str]
+
+
+def _key(data: str, size: int, weights: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update((Path(data) / "manifest.json").read_bytes())
+    h.update(f"size={size}".encode())
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def extract(backbone: torch.nn.Module, data: str, size: int, device="cpu", batch: int = 256,
+            progress: bool = True) -> Split:
+    from tqdm import tqdm
+
+    rec = Records(data)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    backbone.eval()
+    feats, labels, hists = [], [], []
+    bar = tqdm(total=len(rec), disable=not progress, unit="img", file=sys.stderr,
+               desc=f"features {Path(data).name}", dynamic_ncols=True)
+    for lo in range(0, len(rec), batch):
+        imgs = []
+        for i in range(lo, min(lo + batch, len(rec))):
+            encoded, label, _ = rec[i]
+            im = open_rgb(encoded).resize((size, size), Image.BILINEAR)
+            imgs.append(torch.from_numpy(np.asarray(im).copy()))
+            labels.append(label)
+        u8 = torch.stack(imgs).to(device)
+        hists.append(histograms(u8).cpu())
+        x = u8.permute(0, 3, 1, 2).float().div(255)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        feats.append(backbone(x).float().cpu())
+        bar.update(len(imgs))
+    bar.close()
+    return Split(torch.cat(feats), np.asarray(labels, dtype=np.int64), torch.cat(hists),
+                 list(rec.manifest.get("classes") or []))
+
+
+def cached(backbone: torch.nn.Module, data: str, size: int, cache_dir: Path | None,
+           device="cpu", progress: bool = True) -> Split:
+    """extract(), read from / written to ``cache_dir`` when one is given."""
+    if cache_dir is None:
+        return extract(backbone, data, size, device, progress=progress)
+    path = Path(cache_dir) / f"{_key(data, size, backbone.state_dict())}.pt"
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return Split(saved["feats"], saved["labels"].numpy(), saved["hist"], saved["classes"])
+    split = extract(backbone, data, size, device, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"feats": split.feats, "labels": torch.from_numpy(split.labels),
+                "hist": split.hist, "classes": split.classes, "data": str(data)}, tmp)
+    os.replace(tmp, path)
+    return split

@@ -1,0 +1,151 @@
+"""The colour and augmentation-parameter probes on real pixels, and the
+evaluation tool end to end (tools/evaluate.py)."""
+
+import colorsys
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_tool
+from PIL import Image
+
+from evaluation.augparams import augparams_probe, view_features
+from evaluation.color import BINS, histograms, rgb_to_hsv
+from evaluation.ridge import ridge_r2
+from pipelines.build import LoaderConfig
+from pipelines.params import NAMES
+
+
+def test_hsv_matches_colorsys_and_histograms_bin_solid_colours():
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(500, 3, generator=g)
+    rgb[:5] = torch.tensor([[0.5, 0.5, 0.5], [1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 0.3, 0.3]])
+    want = torch.tensor([colorsys.rgb_to_hsv(*p) for p in rgb.tolist()])
+    torch.testing.assert_close(rgb_to_hsv(rgb), want, atol=1e-5, rtol=0)
+    # solid images: all mass in one bin, the one the formula says
+    colours = [(255, 0, 0), (0, 0, 255), (128, 128, 128), (255, 200, 0)]
+    imgs = torch.tensor(colours, dtype=torch.uint8).view(4, 1, 1, 3).expand(4, 6, 5, 3)
+    h = histograms(imgs)
+    assert torch.allclose(h.sum(1), torch.ones(4))
+    for row, c in zip(h, colours):
+        hh, ss, vv = colorsys.rgb_to_hsv(*(x / 255 for x in c))
+        k = (min(int(hh * BINS[0]), 7) * BINS[1] + min(int(ss * BINS[1]), 2)) * BINS[2] \
+            + min(int(vv * BINS[2]), 2)
+        assert row[k] == 1.0, (c, row.nonzero())
+
+
+def test_colour_probe_reads_histograms_from_features_that_hold_them():
+    from tools.make_synthetic import render
+
+    imgs = torch.from_numpy(np.stack([render(0, "train", i, (32, 32))[0] for i in range(600)]))
+    hist = histograms(imgs)
+    g = torch.Generator().manual_seed(1)
+    mix = torch.randn(hist.shape[1], 64, generator=g)
+    holds = torch.cat([hist @ mix, torch.randn(600, 64, generator=g)], 1)  # + noise dims
+    random = torch.randn(600, 128, generator=g)
+    good = ridge_r2(holds[:400], hist[:400], holds[400:], hist[400:])
+    bad = ridge_r2(random[:400], hist[:400], random[400:], hist[400:])
+    assert good["r2"] > 0.95, good
+    assert abs(bad["r2"]) < 0.1, bad
+
+
+class MeanPixel(torch.nn.Module):
+    """A 'backbone' whose features are the view's mean pixel per channel."""
+
+    def forward(self, x):
+        return x.float().mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def gray_dataset(tmp_path_factory):
+    """64 flat grey images (value 100) of assorted sizes: under the augself recipe a
+    view's mean pixel is brightness x 100 / 255, normalised; nothing else moves it."""
+    from tools import convert_dataset
+
+    root = tmp_path_factory.mktemp("gray")
+    for i in range(64):
+        d = root / "img" / "train" / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40 + i % 7, 36 + i % 5), (100, 100, 100)).save(d / f"{i}.png")
+    rc = convert_dataset.main([str(root / "img"), "--split", "train", "--out", str(root / "c"),
+                               "--write-mode", "raw", "--quiet", "--no-beton"])
+    assert rc == 0
+    return root / "c"
+
+
+def test_augparams_probe_recovers_the_brightness_written_into_the_pixels(gray_dataset):
+    """Views rendered by the loader, their emitted parameters as targets: the
+    brightness each view was given is read back from its pixels (a view paired
+    with another view's parameters would score near 0)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def views(seed):
+        lc = LoaderConfig(data=str(gray_dataset), backend="auto", preset="augself", size=16,
+                          batch_size=32, seed=seed, shuffle=False, drop_last=False,
+                          device=device)
+        return view_features(MeanPixel(), lc, device, progress=False)
+
+    train, test = views(0), views(1)
+    assert len(train[0]) == 128 and train[1].shape == (128, len(NAMES))
+    out = augparams_probe(train, test)
+    assert out["r2"]["brightness"] > 0.98, out
+    assert out["r2"]["crop_h"] < 0.3 and out["r2"]["hue"] < 0.3, out
+    assert out["r2"]["solarize"] is None  # off in the augself recipe
+
+
+def test_augparams_probe_on_features_that_contain_a_parameter():
+    g = torch.Generator().manual_seed(2)
+    p = torch.rand(600, len(NAMES), generator=g)
+    p[:, NAMES.index("solarize")] = 0.0
+    feats = torch.cat([p[:, [NAMES.index("hue")]] * 3 - 1, torch.randn(600, 20, generator=g)], 1)
+    out = augparams_probe((feats[:400], p[:400]), (feats[400:], p[400:]))
+    assert out["r2"]["hue"] > 0.99 and out["r2"]["blur"] < 0.1, out
+    assert out["r2"]["solarize"] is None
+
+
+def _run_folder(tmp_path, size=32):
+    from trainer.config import from_argv
+    from trainer.models import build_backbone
+    from trainer.runlog import write_config
+
+    cfg = from_argv(["--data", "-", "--out", str(tmp_path / "run"), "--backbone", "small",
+                     "--size", str(size)])
+    (tmp_path / "run").mkdir()
+    write_config(tmp_path / "run", cfg, {"preset": "augself"})
+    torch.manual_seed(0)
+    net, _ = build_backbone("small")
+    torch.save(net.state_dict(), tmp_path / "run" / "backbone.pt")
+    return tmp_path / "run"
+
+
+def test_evaluate_tool_every_task_and_its_errors(tmp_path, tiny_dataset):
+    run = _run_folder(tmp_path)
+    r = run_tool("tools.evaluate", run, "--train", tiny_dataset, "--test", tiny_dataset,
+                 "--ways", "3", "--shots", "1", "--queries", "1", "--episodes", "20",
+                 "--knn-k", "1", "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = list((run / "eval").glob("*.json"))
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())["results"]
+    assert set(doc) == {"linear", "knn", "fewshot", "color", "augparams"}
+    assert set(doc["linear"]) == {"class", "colour", "shape"}
+    # the probes fit and scored the same features (the train split is the test split):
+    # each image is its own nearest neighbour, and colour is linearly readable
+    assert doc["knn"]["class"]["top1"] == 1.0 and doc["linear"]["colour"]["top1"] > 0.5
+    assert files[0].with_suffix(".md").read_text().count("|") > 10
+    assert len(list((run / "eval" / "features").glob("*.pt"))) == 1  # one cache, both splits
+    # a second evaluation of the same split reads the cache (no new file) and agrees
+    r2 = run_tool("tools.evaluate", run, "--train", tiny_dataset, "--test", tiny_dataset,
+                  "--task", "color", "--device", "cpu", "--no-progress")
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    again = json.loads(files[0].read_text())["results"]["color"]["r2"]
+    assert again == pytest.approx(doc["color"]["r2"], abs=1e-6)
+    # bad input: named, nothing written
+    bad = run_tool("tools.evaluate", run, "--train", tmp_path, "--test", tiny_dataset)
+    assert bad.returncode == 2 and "manifest.json" in bad.stderr and str(tmp_path) in bad.stderr
+    bad = run_tool("tools.evaluate", run, "--train", tiny_dataset, "--test", tiny_dataset,
+                   "--task", "linear,colour")
+    assert bad.returncode != 0 and "colour" in bad.stderr
+    bad = run_tool("tools.evaluate", tmp_path, "--train", tiny_dataset, "--test", tiny_dataset)
+    assert bad.returncode == 2 and "config.json" in bad.stderr
