@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,9 +97,15 @@ def evaluate(backbone, train_data: str, test_data: str, size: int, device="cpu",
                                          temperature=ecfg.knn_temperature)
                          for name in tr_l}
         elif task == "fewshot":
-            out[task] = fewshot_probe(xb, torch.as_tensor(te.labels), ways=ecfg.ways,
-                                      shots=ecfg.shots, queries=ecfg.queries,
-                                      episodes=ecfg.episodes, seed=ecfg.seed)
+            out[task] = {}
+            for shot in ecfg.shots:  # a setting the split is too small for is skipped, named
+                try:
+                    out[task].update(fewshot_probe(
+                        xb, torch.as_tensor(te.labels), ways=ecfg.ways, shots=(shot,),
+                        queries=ecfg.queries, episodes=ecfg.episodes, seed=ecfg.seed))
+                except ValueError as e:
+                    print(f"fewshot: skipped {ecfg.ways}-way {shot}-shot: {e}", file=sys.stderr)
+                    out[task][f"{ecfg.ways}way{shot}shot"] = {"skipped": str(e)}
         elif task == "color":
             out[task] = ridge_r2(xa, tr.hist.to(dev), xb, te.hist.to(dev), seed=ecfg.seed)
         elif task == "augparams":
@@ -114,7 +121,7 @@ def markdown_row(name: str, result: dict) -> tuple[str, str]:
     for labeling, r in result.get("knn", {}).items():
         cols.append((f"kNN {labeling}", f"{r['top1']:.3f}"))
     for episode, r in result.get("fewshot", {}).items():
-        cols.append((episode, f"{r['mean']:.3f} ± {r['ci95']:.3f}"))
+        cols.append((episode, f"{r['mean']:.3f} ± {r['ci95']:.3f}" if "mean" in r else "skipped"))
     if "color" in result:
         cols.append(("colour R²", f"{result['color']['r2']:.3f}"))
     if "augparams" in result and result["augparams"]["mean_r2"] is not None:
