@@ -10,11 +10,11 @@ import torch
 from conftest import run_tool
 from PIL import Image
 
-from evaluation.augparams import augparams_probe, view_features
-from evaluation.color import BINS, histograms, rgb_to_hsv
-from evaluation.ridge import ridge_r2
 from pipelines.build import LoaderConfig
 from pipelines.params import NAMES
+from trainer.probes.augparams import augparams_probe, view_features
+from trainer.probes.color import BINS, histograms, rgb_to_hsv
+from trainer.probes.ridge import ridge_r2
 
 
 def test_hsv_matches_colorsys_and_histograms_bin_solid_colours():

@@ -1,4 +1,4 @@
-"""Frozen-feature probes (evaluation/): each recovers a known answer on synthetic
+"""Frozen-feature probes (trainer/probes/): each recovers a known answer on synthetic
 features and fails to find signal where there is none. Runs on CUDA when present."""
 
 import math
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.fewshot import fewshot_probe
-from evaluation.knn import knn_predict, knn_probe
-from evaluation.linear import linear_probe, mean_class_accuracy, stratified_split
-from evaluation.ridge import ridge_r2
+from trainer.probes.fewshot import fewshot_probe
+from trainer.probes.knn import knn_predict, knn_probe
+from trainer.probes.linear import linear_probe, mean_class_accuracy, stratified_split
+from trainer.probes.ridge import ridge_r2
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -7,8 +7,8 @@ import numpy as np
 from conftest import run_tool
 from PIL import Image
 
-from evaluation.labelings import factors
 from tools.make_synthetic import COLOURS, HUE_BIN, SHAPES, generate
+from trainer.probes.labelings import factors
 
 
 def _files(root):

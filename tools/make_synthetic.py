@@ -18,7 +18,7 @@ SSL model evaluated on ``colour`` shows what invariance costs, on ``shape``
 what it keeps. The layout is an ImageFolder tree whose class folders are
 ``colour=<bin>,shape=<shape>`` (60 classes), so the ordinary converter reads it
 and evaluation recovers one labeling per factor from the class names
-(evaluation/labelings.py); ``synthetic.json`` says how.
+(trainer/probes/labelings.py); ``synthetic.json`` says how.
 
 Deterministic: image i of a split is drawn from a generator seeded by
 (seed, split, i) alone, so any subset, worker count or order gives the same

@@ -1,5 +1,5 @@
 """Frozen-backbone evaluation of a run: the tasks of the AugSelf paper's
-protocol on any converted dataset (the probes themselves live in evaluation/).
+protocol on any converted dataset (the probes themselves live in trainer/probes/).
 
 Tasks (``EvalConfig.tasks``):
 - ``linear``: logistic regression, L-BFGS, L2 strength swept on a validation
@@ -13,7 +13,7 @@ Tasks (``EvalConfig.tasks``):
   single views rendered by the project's loader with the run's recipe.
 
 Features of un-augmented images are extracted once per (backbone, split, view
-side) and cached in the run folder (evaluation/features.py).
+side) and cached in the run folder (trainer/probes/features.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from evaluation.features import cached
-from evaluation.labelings import labelings
+from trainer.probes.features import cached
+from trainer.probes.labelings import labelings
 
 TASKS = ("linear", "knn", "fewshot", "color", "augparams")
 
@@ -57,8 +57,8 @@ class EvalConfig:
 
 
 def _augparams(backbone, data_train: str, data_test: str, size: int, ecfg: EvalConfig, device):
-    from evaluation.augparams import augparams_probe, view_features
     from pipelines.build import LoaderConfig
+    from trainer.probes.augparams import augparams_probe, view_features
 
     def views(data):
         lc = LoaderConfig(data=data, backend=ecfg.backend, preset=ecfg.preset, size=size,
@@ -72,10 +72,10 @@ def _augparams(backbone, data_train: str, data_test: str, size: int, ecfg: EvalC
 def evaluate(backbone, train_data: str, test_data: str, size: int, device="cpu",
              ecfg: EvalConfig | None = None, cache_dir: Path | None = None) -> dict:
     """Every task of ``ecfg`` -> {task: result}; see the module docstring."""
-    from evaluation.fewshot import fewshot_probe
-    from evaluation.knn import knn_probe
-    from evaluation.linear import linear_probe
-    from evaluation.ridge import ridge_r2
+    from trainer.probes.fewshot import fewshot_probe
+    from trainer.probes.knn import knn_probe
+    from trainer.probes.linear import linear_probe
+    from trainer.probes.ridge import ridge_r2
 
     ecfg = ecfg or EvalConfig()
     ecfg.check()

@@ -53,7 +53,7 @@ def augparams_probe(train: tuple[torch.Tensor, torch.Tensor],
     One ridge per parameter, each with its own strength chosen on the validation
     split: a pooled choice is dominated by the parameters the features do not
     hold (their best strength is large) and shrinks the ones they do."""
-    from evaluation.ridge import ridge_r2
+    from trainer.probes.ridge import ridge_r2
 
     per, l2 = {}, {}
     for j, name in enumerate(NAMES):

@@ -4,7 +4,7 @@ Each image is decoded, resized to the run's view side (bilinear, the whole
 image: no crop), normalised like the training views (ImageNet mean/std, every
 preset's) and passed through the backbone in eval mode, on the device given
 (the GPU when there is one). The same pass records each image's colour
-histogram (evaluation/color.py) at that size, the target of the colour probe.
+histogram (trainer/probes/color.py) at that size, the target of the colour probe.
 
 Cache: ``<cache_dir>/<key>.pt`` with the features, labels and histograms; the
 key hashes the split's manifest, the view side and the backbone weights, so a
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.color import histograms
 from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
 from pipelines.records import Records, open_rgb
+from trainer.probes.color import histograms
 
 
 @dataclass

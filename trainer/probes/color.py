@@ -4,7 +4,7 @@ gets stronger): each image's joint HSV colour histogram.
 
 Bins: 8 hue x 3 saturation x 3 value = 72, each image's histogram summing to 1.
 Hue is binned in equal 45-degree sectors starting at red (0 degrees);
-saturation and value in equal thirds of [0, 1]. The probe (evaluation/ridge.py)
+saturation and value in equal thirds of [0, 1]. The probe (trainer/probes/ridge.py)
 regresses the histogram from the features and reports R^2 on the test split:
 near 1 when the features determine the image's colour distribution linearly,
 near 0 when they carry none of it.
