@@ -41,6 +41,9 @@ from trainer.config import Config
 from trainer.dist import Env
 from trainer.run import train_step
 
+# Every step below is the loop's step, its per-step finiteness read included
+# (trainer/run.py, --check-finite, the default).
+
 
 class Timer:
     """Seconds between start() and stop(): CUDA events on a GPU (after the work
@@ -68,11 +71,11 @@ class Timer:
 def ceiling(model, objective, opt, sysm, batch, steps: int, warmup: int) -> float:
     """Images/s on one batch kept on the device."""
     for i in range(warmup):
-        train_step(model, objective, opt, sysm, batch, i, 0.5)
+        train_step(model, objective, opt, sysm, batch, i, 0.5, check_finite=True)
     timer = Timer(sysm.device)
     timer.start()
     for i in range(steps):
-        train_step(model, objective, opt, sysm, batch, i, 0.5)
+        train_step(model, objective, opt, sysm, batch, i, 0.5, check_finite=True)
     return steps * len(batch) / timer.stop()
 
 
@@ -82,7 +85,7 @@ def end_to_end(model, objective, opt, sysm, loader, epoch: int, steps: int,
     loader.set_epoch(epoch)
     it = iter(loader)
     for i in range(warmup):
-        train_step(model, objective, opt, sysm, next(it), i, 0.5)
+        train_step(model, objective, opt, sysm, next(it), i, 0.5, check_finite=True)
     timer, waited, n = Timer(sysm.device), 0.0, 0
     timer.start()
     t0 = time.perf_counter()
@@ -91,7 +94,7 @@ def end_to_end(model, objective, opt, sysm, loader, epoch: int, steps: int,
         batch = next(it)
         waited += time.perf_counter() - w
         n += len(batch)
-        train_step(model, objective, opt, sysm, batch, i, 0.5)
+        train_step(model, objective, opt, sysm, batch, i, 0.5, check_finite=True)
     seconds = timer.stop()
     host = time.perf_counter() - t0
     it.close()

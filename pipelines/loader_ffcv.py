@@ -21,6 +21,7 @@ traversal order, so FFCV, DALI and torchvision split data identically.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,6 +182,10 @@ class FfcvLoader(EpochLoader):
         path = Path(data_dir) / "data.beton"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
+        mpath = Path(data_dir) / "manifest.json"
+        if mpath.is_file():
+            from pipelines.integrity import check_sizes
+            check_sizes(Path(data_dir), json.loads(mpath.read_text()), ["data.beton"])
         self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
         self.rows_cell = photometric_cpu.recipe_rows(recipe)
         # On a CPU device the photometric stage runs in the op (the loader's

@@ -29,7 +29,13 @@ class _Views(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         data, label, index = self.records[i]
-        src = np.asarray(open_rgb(data))
+        try:
+            src = np.asarray(open_rgb(data))
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a damaged sample
+            # returned, not raised: a worker's exception would reach the user wrapped in
+            # the DataLoader's traceback; the main process raises it, named
+            return _Damaged(f"{self.records.where(i)}: cannot decode the image ({e}); the "
+                            "records are damaged: re-convert the dataset or restore the shard")
         h, w = src.shape[:2]
         views, params = [], {k: [] for k in FIELDS}
         idx = torch.tensor([index])
@@ -43,7 +49,14 @@ class _Views(torch.utils.data.Dataset):
         return views, {k: torch.stack(t) for k, t in params.items()}, label, index
 
 
+class _Damaged(str):
+    pass
+
+
 def _collate(items):
+    bad = [it for it in items if isinstance(it, _Damaged)]
+    if bad:
+        return bad[0]
     views = [torch.stack([it[0][v] for it in items]) for v in range(len(items[0][0]))]
     params = {k: torch.stack([it[1][k] for it in items]) for k in FIELDS}
     labels = torch.tensor([it[2] for it in items])
@@ -72,5 +85,8 @@ class TorchvisionLoader(EpochLoader):
             self.dataset, batch_size=self.plan.batch_size, sampler=order,
             drop_last=self.plan.drop_last, num_workers=self.workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for views, params, labels, index in dl:
+        for item in dl:
+            if isinstance(item, _Damaged):
+                raise ValueError(str(item))
+            views, params, labels, index = item
             yield self.finish(views, params["crop"], labels, index, self.epoch, done=params)

@@ -35,6 +35,9 @@ class Records:
         rec = self.manifest["outputs"]["records"]
         if not rec:
             raise FileNotFoundError(f"{self.dir}: converted without records (--no-records)")
+        from pipelines.integrity import check_sizes
+        check_sizes(self.dir, self.manifest, [f"records/{s[k]}" for s in rec["shards"]
+                                              for k in ("tar", "index")])
         self.tars = [str(self.dir / "records" / s["tar"]) for s in rec["shards"]]
         self.idxs = [str(self.dir / "records" / s["index"]) for s in rec["shards"]]
         rows = []  # (shard, img_offset, img_size, meta_offset, meta_size)
@@ -51,6 +54,11 @@ class Records:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def where(self, i: int) -> str:
+        """Sample i's place on disk, for messages: shard file and byte offset."""
+        k, off = int(self.entries[i][0]), int(self.entries[i][1])
+        return f"sample {i} ({self.tars[k]}, image at byte {off})"
 
     def _map(self, k: int) -> mmap.mmap:
         if k not in self._maps:  # opened lazily: each DataLoader worker maps its own

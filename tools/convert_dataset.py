@@ -33,7 +33,7 @@ from tools.image_decode import BadImage, Decoded, encode, load_rgb, shrink
 from tools.sources import FORMATS, SourceError, open_source
 from tools.staging import OutputError, StagedOutput
 
-TOOL_VERSION = "1.1"  # 1.1: record meta holds the image size too
+TOOL_VERSION = "1.2"  # 1.1: record meta holds the image size too; 1.2: file integrity
 OUTPUTS = ["data.beton", "records", "manifest.json"]
 
 # Set in the parent before forking; workers inherit it (no pickling of arrays).
@@ -168,7 +168,10 @@ def convert(args) -> dict:
     with staged as stage:
         from tools.wds_writer import ShardWriter
         shards = None if args.no_records else ShardWriter(stage / "records", args.shard_size)
-        valid, problems, heights, widths = [], [], [], []
+        valid, heights, widths = [], [], []
+        problems = list(getattr(source, "unreadable", []))
+        for p in problems:
+            tqdm.write(f"problem: {p['file']}: {p['reason']}", file=sys.stderr)
         ctx = mp.get_context("fork")
         with ctx.Pool(args.workers) as pool:
             results = pool.imap(_prepare, range(len(source)), chunksize=64)
@@ -190,12 +193,15 @@ def convert(args) -> dict:
             raise SourceError(f"{source.root}: no readable images "
                               f"({len(problems)} files failed to decode)")
         if args.strict and problems:
-            raise SourceError(f"{source.root}: {len(problems)} unreadable files and --strict "
-                              "was given; nothing written")
+            raise SourceError(f"{source.root}: {len(problems)} unreadable files or folders "
+                              "and --strict was given; nothing written")
         beton_seconds = 0.0 if args.no_beton else write_beton(stage / "data.beton", source,
                                                               valid, args)
 
         labels = np.array([source.label(i) for i in valid])
+        from pipelines.integrity import describe
+        written = [f"records/{s[k]}" for s in shard_list for k in ("tar", "index")]
+        written += [] if args.no_beton else ["data.beton"]
         manifest = {
             "tool": "convert_dataset", "tool_version": TOOL_VERSION,
             "source": str(Path(args.src).resolve()), "format": source.format,
@@ -216,6 +222,7 @@ def convert(args) -> dict:
                         "records": None if args.no_records else
                         {"folder": "records", "shards": shard_list,
                          "meta": ["label", "index", "height", "width"]}},
+            "integrity": {name: describe(stage / name) for name in written},
             "problems": problems,
             "ignored": source.ignored[:1000],
             "seconds": {"decode_and_records": round(t1 - t0, 3), "beton": round(beton_seconds, 3)},

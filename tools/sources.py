@@ -11,6 +11,7 @@ its unlabelled split is 2.7 GB).
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -37,18 +38,32 @@ class ImageFolder:
         self.files: list[Path] = []
         self.labels: list[int] = []
         self.ignored: list[str] = []
+        # folders that could not be listed (permissions, I/O errors) or class folders
+        # without one image: reported as problems, never dropped silently
+        self.unreadable: list[dict] = []
         if subdirs:
             self.classes = [d.name for d in subdirs]
             for label, d in enumerate(subdirs):
+                before = len(self.files)
                 self._scan(d, label)
+                if len(self.files) == before:
+                    self.unreadable.append({"file": str(d.relative_to(root)) + "/",
+                                            "reason": "class folder without a readable image"})
         else:
             self.classes = []
             self._scan(root, -1)
 
     def _scan(self, folder: Path, label: int) -> None:
-        for p in sorted(folder.rglob("*")):
-            if p.name.startswith(".") or not p.is_file():
-                continue
+        def failed(e: OSError) -> None:
+            where = Path(e.filename) if e.filename else folder
+            self.unreadable.append({"file": str(where.relative_to(self.root)) + "/",
+                                    "reason": f"cannot list the folder: {e.strerror or e}"})
+
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=failed):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+        for p in sorted(found):
             if p.suffix.lower() in IMAGE_EXTENSIONS:
                 self.files.append(p)
                 self.labels.append(label)

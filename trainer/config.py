@@ -86,6 +86,11 @@ class Config:
     seed: int = opt(0, "seed for initialisation, data order and augmentations")
     log_every: int = opt(20, "steps between logged lines in metrics.jsonl")
     ckpt_every: int = opt(0, "steps between checkpoints (0: at the end of each epoch)")
+    check_finite: bool = opt(True, "skip a step whose loss is not finite (one device-to-host "
+                             "read per step; --no-check-finite saves it, and then only "
+                             "checkpoints are checked)")
+    max_bad_steps: int = opt(10, "stop (non-zero exit, last good checkpoint kept) after this "
+                             "many steps in a row with a non-finite loss; each is skipped")
     progress: bool = opt(True, "progress bar")
 
     def augself_weights(self) -> dict[str, float]:
@@ -94,7 +99,8 @@ class Config:
 
 
 # Fields a resumed run may change: they do not alter what is computed.
-RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress"}
+# "out": a run folder may be moved and resumed where it now is.
+RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress", "out"}
 
 
 def _types() -> dict[str, type]:
@@ -128,15 +134,46 @@ def validate(cfg: Config, where: str = "config") -> None:
                              f"{', '.join(choices)}")
     if not cfg.data:
         raise ValueError(f"{where}: --data is required (a converted dataset folder)")
-    for name in ("epochs", "batch_size", "size", "log_every"):
+    for name in ("epochs", "batch_size", "size", "log_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
+    for name in ("max_steps", "ckpt_every", "workers", "small_size", "warmup_epochs"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{where}: {name} must be >= 0 (0: {_zero_means(name)})")
     if cfg.jitter:
         from pipelines.recipe import parse_jitter
         try:
             parse_jitter(cfg.jitter)
         except ValueError as e:
             raise ValueError(f"{where}: jitter: {e}") from None
+    if cfg.size < 8:
+        raise ValueError(f"{where}: size {cfg.size} is too small for the backbones' strides; "
+                         "use at least 8 (32 for CIFAR-size images)")
+    if cfg.lr != cfg.lr or cfg.lr <= 0 or cfg.lr == float("inf"):
+        raise ValueError(f"{where}: lr must be a positive finite number, not {cfg.lr}")
+
+
+def check_environment(cfg: Config) -> None:
+    """What validate() cannot see from the values alone: the datasets exist and the
+    device does. Called before a run starts, not when a saved config is read (a
+    finished run's data may have moved since)."""
+    where = "config"
+    for name in ("data", "test_data"):
+        path = getattr(cfg, name)
+        if path and path != "-" and not (Path(path) / "manifest.json").is_file():
+            raise ValueError(f"{where}: {name} {path}: no manifest.json there; expected a "
+                             "folder written by tools/convert_dataset.py")
+    if cfg.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where}: device {cfg.device}, but torch sees no CUDA device "
+                             "here; use --device auto or cpu")
+
+
+def _zero_means(name: str) -> str:
+    return {"max_steps": "run every epoch", "ckpt_every": "at the end of each epoch",
+            "workers": "load in the main process", "small_size": "96/224 of --size",
+            "warmup_epochs": "no warm-up"}[name]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -17,9 +17,12 @@ so a killed-and-resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from pipelines.recipe import parse_jitter
 from pipelines.records import Records
 from trainer import checkpoint, dist, optim, systems
 from trainer.build import build_objective
-from trainer.config import Config, from_argv
+from trainer.config import Config, check_environment, from_argv
 from trainer.models import backbone_state_dict
 from trainer.runlog import Metrics, progress_bar, write_config
 
@@ -48,6 +51,22 @@ def _state(objective, optimizer, scaler, step: int) -> dict:
             "scaler": scaler.state_dict() if scaler is not None else None}
 
 
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGINT, while training, only note the request (the list yielded);
+    the loop finishes its step, checkpoints and stops. Handlers restored on exit."""
+    caught: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+
+
 def _global_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
     """Means over the steps since the last log and over every rank: one all_reduce
     and one device->host copy, only on logging steps."""
@@ -57,15 +76,50 @@ def _global_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]
     return dict(zip(keys, values))
 
 
+class NonFinite(RuntimeError):
+    pass
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT: the run stopped after a step, with a checkpoint at it."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(signum, step)
+        self.signum, self.step = signum, step
+
+
 def train_step(model, objective, optimizer, sysm: systems.Systems, batch, step: int,
-               progress: float) -> dict[str, torch.Tensor]:
+               progress: float, check_finite: bool = False,
+               stop_requested: bool = False) -> dict[str, torch.Tensor]:
     """One optimisation step: forward under the run's autocast, backward (scaled
     for fp16), the objective's hooks around the optimiser step. ``model`` is what
     to call (DDP-wrapped or compiled), ``objective`` the bare module; ``step``
-    counts from 0 and ``progress`` is the fraction of training done after it."""
+    counts from 0 and ``progress`` is the fraction of training done after it.
+
+    ``check_finite``: a step whose loss is not finite (on any rank) is not applied:
+    no backward, no optimiser step, no hooks (momentum encoders, queues); the
+    returned dict then has ``skipped`` set. It costs one device-to-host read of a
+    flag per step, after the forward pass: the price of never applying a NaN step
+    (while the next batch is prepared ahead on the loader's side stream).
+    ``stop_requested`` (this rank caught SIGTERM/SIGINT): under DDP both flags go
+    through one 2-element all_reduce, so every rank skips the same steps and stops
+    after the same step (``out["stop"]``); that read happens under DDP even
+    without ``check_finite``."""
     with sysm.autocast():
         out = model(batch)
     loss = out["loss"]
+    out["stop"] = stop_requested
+    if check_finite or dist.world() > 1:
+        flags = [(~torch.isfinite(loss.detach())).float().reshape(()) if check_finite
+                 else torch.zeros((), device=loss.device)]
+        if dist.world() > 1:  # every rank skips and stops after the same steps
+            flags.append(torch.tensor(float(stop_requested), device=loss.device))
+            bad, out["stop"] = (dist.all_reduce_max(torch.stack(flags)) > 0).tolist()
+        else:
+            bad = bool(flags[0].item())
+        if bad:
+            out["skipped"] = True
+            return out
     optimizer.zero_grad(set_to_none=True)
     (sysm.scaler.scale(loss) if sysm.scaler is not None else loss).backward()
     objective.after_backward(step)
@@ -88,6 +142,7 @@ def train(cfg: Config) -> dict:
 
 
 def _train(cfg: Config, env: dist.Env) -> dict:
+    check_environment(cfg)
     run_dir = Path(cfg.out)
     if cfg.batch_size % env.world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {env.world} ranks")
@@ -96,10 +151,19 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if not cfg.resume and (run_dir / checkpoint.NAME).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue "
                               "it or choose another --out")
+    if cfg.resume and not (run_dir / checkpoint.NAME).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir / checkpoint.NAME} does not exist, so "
+                                "there is nothing to resume (nothing was changed in the "
+                                "folder); start a new run with another --out")
+    backend = resolve_backend(cfg.backend)
+    if backend.startswith("dali") and cfg.workers < 1:
+        raise ValueError(f"--workers {cfg.workers}: {backend} needs at least one thread; pass "
+                         "--workers 1 or more (or --backend torchvision for no workers)")
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for p in checkpoint.remove_stale(run_dir):
+            print(f"removed a temporary a killed run left behind: {p}", file=sys.stderr)
     sysm = systems.choose(cfg, env)
-    backend = resolve_backend(cfg.backend)
     preset = resolve_preset(cfg)
     loader = build_loader(LoaderConfig(
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
@@ -138,45 +202,79 @@ def _train(cfg: Config, env: dist.Env) -> dict:
 
     def save(at: int) -> None:
         if env.main:
-            checkpoint.save_atomic(_state(objective, optimizer, sysm.scaler, at),
-                                   run_dir / checkpoint.NAME)
+            state = _state(objective, optimizer, sysm.scaler, at)
+            if not checkpoint.all_finite(state["model"]):
+                raise NonFinite(f"step {at}: the model holds non-finite values (weights or "
+                                "BN statistics); the last good checkpoint is kept. Lower "
+                                "--lr or check the data, then --resume or start over")
+            checkpoint.save_atomic(state, run_dir / checkpoint.NAME)
 
-    bar = progress_bar(stop, step, cfg.progress and env.main)
-    sums: dict[str, torch.Tensor] = {}
-    count, t_last, step_last = 0, time.perf_counter(), step
-    last: dict[str, float] = {}
-    model.train()
-    while step < stop:
-        epoch, skip = divmod(step, spe)
-        loader.set_epoch(epoch, skip)
-        for batch in loader:
-            cur_lr = optim.set_lr(optimizer, step, total, warmup)
-            out = train_step(model, objective, optimizer, sysm, batch, step, (step + 1) / total)
-            step += 1
-            # Accumulate on the device; .item() only when a line is logged.
-            for k, v in out.items():
-                v = v.detach().float()
-                sums[k] = sums[k] + v if k in sums else v.clone()
-            count += 1
-            if step % cfg.log_every == 0 or step == stop:
-                now = time.perf_counter()
-                rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
-                last = _global_means(sums, count)
-                if env.main:
-                    metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
-                                   "images_per_s": rate, **last})
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
-                sums, count, t_last, step_last = {}, 0, now, step
-            bar.update(1)
-            if step % ckpt_every == 0 and step < stop:
-                save(step)
-            if step >= stop:
-                break
-    bar.close()  # the last step was logged (step == stop): nothing left in ``sums``
-    save(step)
-    summary = {"run": str(run_dir), "step": step, "final": last, **resolved}
+    skipped_total, skipped_row = 0, 0
+    with _stop_on_signals() as stop_signal:
+        bar = progress_bar(stop, step, cfg.progress and env.main)
+        sums: dict[str, torch.Tensor] = {}
+        count, t_last, step_last = 0, time.perf_counter(), step
+        last: dict[str, float] = {}
+        model.train()
+        while step < stop:
+            epoch, skip = divmod(step, spe)
+            loader.set_epoch(epoch, skip)
+            for batch in loader:
+                cur_lr = optim.set_lr(optimizer, step, total, warmup)
+                out = train_step(model, objective, optimizer, sysm, batch, step,
+                                 (step + 1) / total, check_finite=cfg.check_finite,
+                                 stop_requested=bool(stop_signal))
+                step += 1
+                stopping = out.pop("stop", False)
+                if out.pop("skipped", False):
+                    skipped_total, skipped_row = skipped_total + 1, skipped_row + 1
+                    print(f"step {step}: non-finite loss, step skipped ({skipped_row} in a "
+                          "row)", file=sys.stderr)
+                    if skipped_row >= cfg.max_bad_steps:
+                        if env.main:
+                            metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
+                                           "skipped_steps": skipped_total,
+                                           "stopped": "non-finite loss"})
+                        raise NonFinite(f"stopped at step {step}: {skipped_row} steps in a row "
+                                        "had a non-finite loss (--max-bad-steps "
+                                        f"{cfg.max_bad_steps}); the last good checkpoint is "
+                                        "kept. Lower --lr or check the data")
+                    out = {}
+                else:
+                    skipped_row = 0
+                # Accumulate on the device; .item() only when a line is logged.
+                if out:
+                    count += 1
+                for k, v in out.items():
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                if step % cfg.log_every == 0 or step == stop:
+                    now = time.perf_counter()
+                    rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
+                    last = _global_means(sums, count) if sums else {}
+                    if env.main:
+                        metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
+                                       "images_per_s": rate, "skipped_steps": skipped_total,
+                                       **last})
+                        if last:
+                            bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
+                    sums, count, t_last, step_last = {}, 0, now, step
+                bar.update(1)
+                if step % ckpt_every == 0 and step < stop:
+                    save(step)
+                if stopping and step < stop:
+                    bar.close()
+                    save(step)
+                    raise Preempted(stop_signal[0] if stop_signal else signal.SIGTERM, step)
+                if step >= stop:
+                    break
+        bar.close()  # the last step was logged (step == stop): nothing left in ``sums``
+        save(step)
+    summary = {"run": str(run_dir), "step": step, "final": last,
+               "skipped_steps": skipped_total, **resolved}
     if env.main:
-        torch.save(backbone_state_dict(objective.method.backbone), run_dir / "backbone.pt")
+        checkpoint.save_atomic(backbone_state_dict(objective.method.backbone),
+                               run_dir / "backbone.pt")
         if cfg.test_data:
             from trainer.evaluate import EvalConfig, evaluate_run
             # the quick tasks; tools/evaluate.py runs every one
@@ -194,7 +292,13 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = train(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except Preempted as p:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stopped by {signal.Signals(p.signum).name} after step {p.step}; checkpoint "
+                  f"written; continue with: python -m trainer.run --out {cfg.out} --resume",
+                  file=sys.stderr)
+        return 128 + int(p.signum)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

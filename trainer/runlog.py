@@ -4,6 +4,7 @@ metrics.jsonl (one JSON object per logged step), and the progress bar."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -32,10 +33,8 @@ def write_config(run_dir: Path, cfg: Config, resolved: dict) -> None:
     doc = {"config": to_dict(cfg), "resolved": resolved, "git_sha": git_sha(),
            "python": sys.version.split()[0], "torch": torch.__version__,
            "host": platform.node(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path = run_dir / "config.json"
-    tmp = path.with_name(".config.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    from trainer.checkpoint import write_text_atomic
+    write_text_atomic(run_dir / "config.json", json.dumps(doc, indent=2) + "\n")
 
 
 class Metrics:
@@ -52,8 +51,11 @@ class Metrics:
             self.path.write_text("".join(k + "\n" for k in keep))
 
     def write(self, record: dict) -> None:
+        """One strict-JSON line: a non-finite value is written as null."""
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                 for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
