@@ -17,10 +17,13 @@ process, two ways: run with OMP_NUM_THREADS=1 instead of 2 (up to 2e-2 after 4
 SimCLR+EquiMod steps; ~4e-3 for SimSiam+AugSelf on torchvision, whose torch
 rendering itself changes with the thread count) and run in float64
 (--precision fp64). The 2-rank run must be within 4x the larger of the two (and
-never off by more than 1e-5 where the floor is ~0). The fp64 floor matters for
-dali-cpu, whose pixels do not depend on threads: its thread noise is ~1.5e-6,
-yet its fp32 run is 1.2e-3 from its own fp64 run, as far as 2 ranks are from 1
-(measured); in fp64, 2 ranks and 1 process agree to 8e-8 there. dali-cpu reads
+never off by more than 1e-5 where the floor is ~0). dali-cpu, whose pixels do not
+depend on threads, is compared in fp64 instead, where roundoff cannot hide a
+real difference: 2 ranks and 1 process agree to 4e-8 there (measured
+2026-11-23). In fp32 its floor proved unreliable: on the fine-hue synthetic
+images its own fp64 run sat 1.3e-6 away, while 2 ranks (SyncBN's two-pass
+statistics summed in another order) drifted 1.2e-4, all of it roundoff, as the
+fp64 comparison shows. dali-cpu reads
 the plan's order through its external source and draws its boxes from the
 counter RNG like every backend, so step 1 (before any amplification) agrees to
 1e-5 relative on every backend.
@@ -37,20 +40,24 @@ import torch
 import trainrun
 
 
-@pytest.mark.parametrize("method,aux,backend", [
-    ("simsiam", "augself", "torchvision"), ("simclr", "equimod", "torchvision"),
-    ("moco", "none", "torchvision"), ("swav", "none", "torchvision"),
-    pytest.param("simsiam", "augself", "dali-cpu", marks=pytest.mark.dali)])
-def test_two_ranks_equal_one_process(tiny_dataset, tmp_path, method, aux, backend):
+@pytest.mark.parametrize("method,aux,backend,precision", [
+    ("simsiam", "augself", "torchvision", "fp32"), ("simclr", "equimod", "torchvision", "fp32"),
+    ("moco", "none", "torchvision", "fp32"), ("swav", "none", "torchvision", "fp32"),
+    pytest.param("simsiam", "augself", "dali-cpu", "fp64", marks=pytest.mark.dali)])
+def test_two_ranks_equal_one_process(tiny_dataset, tmp_path, method, aux, backend, precision):
     base = trainrun.args(tiny_dataset, tmp_path / "x", "--method", method, "--aux", aux,
-                         "--epochs", "2", "--max-steps", "4", "--device", "cpu")
+                         "--epochs", "2", "--max-steps", "4", "--device", "cpu",
+                         "--precision", precision)
     base[base.index("--backend") + 1] = backend
     one, two = tmp_path / "one", tmp_path / "two"
-    refs = [tmp_path / "one_t1", tmp_path / "one_f64"]  # the same process, other roundoff
-    for cmd, env in [(trainrun.cmd(*base, "--out", one), {}),
-                     (trainrun.cmd(*base, "--out", refs[0]), {"OMP_NUM_THREADS": "1"}),
-                     (trainrun.cmd(*base, "--out", refs[1], "--precision", "fp64"), {}),
-                     (trainrun.torchrun(2, *base, "--out", two), {})]:
+    refs = [tmp_path / "one_t1"]  # the same process, other roundoff
+    runs = [(trainrun.cmd(*base, "--out", one), {}),
+            (trainrun.cmd(*base, "--out", refs[0]), {"OMP_NUM_THREADS": "1"}),
+            (trainrun.torchrun(2, *base, "--out", two), {})]
+    if precision == "fp32":
+        refs.append(tmp_path / "one_f64")
+        runs.append((trainrun.cmd(*base, "--out", refs[1], "--precision", "fp64"), {}))
+    for cmd, env in runs:
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=trainrun.ROOT, timeout=300,
                            env={**os.environ, **env})
         assert r.returncode == 0, r.stderr[-3000:]

@@ -9,10 +9,11 @@ no kernel). Launches are what an eager GPU step pays per op; the issue's target
 (at most 40 added) is held on them.
 
 AugSelf's rows run as one batched head (trainer/augself.py): one concatenation
-builds the head input of both view orders, one product every target, BN and the
-block-diagonal masks cost no extra op in the forward pass, and its parameters
-share the method's foreach optimiser group. Measured on SimSiam, the small
-backbone, the default crop and colour rows: 37 launching ops (88 dispatched);
+builds the head input of both view orders, one product every target, the
+block-diagonal masks cost no op in the forward pass, and its parameters share
+the method's fused optimiser group (BN keeps its module forward, so that SyncBN
+replaces it under DDP: its step counter is 2 of the ops). Measured on SimSiam, the small
+backbone, the default crop and colour rows: 39 launching ops (90 dispatched);
 one small head per row with its own parameter group and per-parameter SGD cost
 254 dispatched, the first batched form 101 (52 launching). Compiled (--compile,
 the whole objective) they become a few fused kernels, which a dispatch-mode

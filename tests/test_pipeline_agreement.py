@@ -2,15 +2,18 @@
 stated tolerance, for every preset.
 
 Tolerances (PSNR against the reference, 8-bit; measured over the 4 presets at
-48/24 px on the small raw dataset, 2026-11-22):
+48/24 px on the small raw dataset, re-measured 2026-11-23 when the synthetic set
+got fine hue bins, one batch of 16 per preset, as this test draws it):
 - torchvision: renders with the reference ops themselves: exact.
 - dali-cpu: crop+resize is DALI's linear resize with antialiasing, the same
   triangle filter as torchvision's antialiased bilinear but its own
-  implementation and a uint8 rounding before the colour ops; measured min 46 dB,
-  5th percentile 50.5 dB, median 57 dB. Bound: min >= 42 dB, median >= 50 dB.
+  implementation and a uint8 rounding before the colour ops; measured min 37.8 dB
+  (one 24 px swav view: a tiny crop of an object edge; 46 dB on the earlier
+  images), 5th percentile 50.2 dB (swav alone 49.4), median 58 dB. Bound: min >=
+  36 dB, 5th percentile >= 47 dB, median >= 50 dB.
 - ffcv: FFCV's resize_crop is OpenCV INTER_AREA, a box filter, not a triangle:
-  measured min 38.5 dB, 5th percentile 43 dB, median 53.5 dB. Bound: min >= 33 dB,
-  median >= 45 dB. That the *box* is exact despite the filter is checked
+  measured min 34.9 dB, 5th percentile 42.3 dB (swav alone 41.8), median 54.2 dB.
+  Bound: min >= 33 dB, 5th percentile >= 40 dB, median >= 45 dB. That the *box* is exact despite the filter is checked
   separately: the emitted box matches better than the box moved by 2 pixels.
 Colour, grayscale, blur and solarize: on a GPU they run batched in torch
 (pipelines/photometric.py), which matches the torchvision reference to < 0.01 of
@@ -32,11 +35,13 @@ from pipelines.build import LoaderConfig, build_loader
 from pipelines.params import check, view
 from pipelines.recipe import PRESETS, preset
 
-# dali-gpu: set below dali-cpu (nvJPEG and the GPU resize may differ from the CPU ones
-# by a level here and there). Held on an H100 (2026-11-23, all 4 presets), but the
-# PSNRs themselves were not recorded: tighten once a GPU session prints them.
-BOUNDS = {"torchvision": (np.inf, np.inf), "dali-cpu": (42.0, 50.0), "dali-gpu": (38.0, 42.0),
-          "ffcv": (33.0, 45.0)}
+# (min, 5th percentile, median) in dB. dali-gpu: set below dali-cpu (nvJPEG and the
+# GPU resize may differ from the CPU ones by a level here and there). Its earlier
+# bounds (min 38, median 42) held on an H100 (2026-11-23, all 4 presets) on the
+# earlier images; not yet run on the fine-hue images: tighten once a GPU session
+# prints its PSNRs.
+BOUNDS = {"torchvision": (np.inf, np.inf, np.inf), "dali-cpu": (36.0, 47.0, 50.0),
+          "dali-gpu": (34.0, 40.0, 42.0), "ffcv": (33.0, 40.0, 45.0)}
 
 
 def _loader(data, backend, name, size=48, batch=16, seed=0, **kw):
@@ -54,8 +59,12 @@ def test_views_match_reference(small_dataset, backend, name):
     check(batch.params, len(batch), recipe.num_views)
     assert batch.views[0].is_contiguous(memory_format=torch.channels_last)
     ps = view_psnrs(batch, recipe, sources(small_dataset))
-    lo_min, lo_median = BOUNDS[backend]
-    assert ps.min() >= lo_min and np.median(ps) >= lo_median, (ps.min(), np.median(ps))
+    lo_min, lo_p5, lo_median = BOUNDS[backend]
+    if np.isinf(lo_min):  # exact: every view
+        assert np.isinf(ps).all(), ps.min()
+    else:
+        got = (ps.min(), np.percentile(ps, 5), np.median(ps))
+        assert got[0] >= lo_min and got[1] >= lo_p5 and got[2] >= lo_median, got
     # The normalised views are the raw ones, normalised.
     mean, std = torch.tensor(recipe.mean).view(3, 1, 1), torch.tensor(recipe.std).view(3, 1, 1)
     raw = batch.raw[0][0].permute(2, 0, 1).float() / 255  # raw views are on the CPU

@@ -30,7 +30,7 @@ module: their first layers side by side, the 512-wide hidden layers and the
 outputs as block-diagonal matrices (a gradient mask keeps the blocks
 independent: the same function and gradients as R separate heads, one matmul
 per layer), and the losses are one elementwise pass with per-column weights.
-Eager, a SimSiam step gains 37 kernel-launching ops with AugSelf (88 dispatched,
+Eager, a SimSiam step gains 39 kernel-launching ops with AugSelf (90 dispatched,
 views included) where separate heads cost ~250 dispatched (counted on CPU,
 tests/test_op_counts.py). One difference from separate heads: LARS computes its
 trust ratio over the whole block-diagonal matrix, not per head.
@@ -194,15 +194,10 @@ class RowHeads(nn.Module):
         self.register_buffer("m2", m2, persistent=False)
         self.register_buffer("m3", m3, persistent=False)
 
-    def _bn(self, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-        # nn.BatchNorm1d.forward with a fixed momentum, minus its num_batches_tracked
-        # counter (one more op per step, read only when momentum is None)
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                            self.training, bn.momentum, bn.eps)
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self._bn(self.bn1, F.linear(z, self.lin1.weight)))
-        h = F.relu(self._bn(self.bn2, F.linear(h, _MaskGrad.apply(self.w2, self.m2))))
+        # the modules' own forward: SyncBN once converted under DDP
+        h = F.relu(self.bn1(F.linear(z, self.lin1.weight)))
+        h = F.relu(self.bn2(F.linear(h, _MaskGrad.apply(self.w2, self.m2))))
         return F.linear(h, _MaskGrad.apply(self.w3, self.m3), self.b3)
 
 

@@ -156,9 +156,6 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                                 "there is nothing to resume (nothing was changed in the "
                                 "folder); start a new run with another --out")
     backend = resolve_backend(cfg.backend)
-    if backend.startswith("dali") and cfg.workers < 1:
-        raise ValueError(f"--workers {cfg.workers}: {backend} needs at least one thread; pass "
-                         "--workers 1 or more (or --backend torchvision for no workers)")
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for p in checkpoint.remove_stale(run_dir):
