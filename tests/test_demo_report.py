@@ -25,7 +25,8 @@ def test_verdict_and_json(tmp_path):
     ref = {k: 0.1 for k in demo_report.METRICS}
     md, _ = demo_report.write(tmp_path, _rows([0.02, 0.01, 0.03]), ref, "setup")
     text = md.read_text()
-    assert "the effect shows" in text and "+0.020 ± 0.010 (higher in every seed (3/3))" in text
+    assert "the effect shows on the colour probe" in text
+    assert "+0.020 ± 0.010 (higher in every seed (3/3))" in text
     doc = json.loads((tmp_path / "report.json").read_text())
     assert len(doc["runs"]) == 6 and {"method", "seed", *demo_report.METRICS} <= set(
         doc["runs"][1])

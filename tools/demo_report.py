@@ -77,19 +77,24 @@ def write(out: Path, rows: list[dict], reference: dict | None, setup: str,
         diffs, text = verdict(rows, base, treated, k)
         summary[k] = text
         lines.append(f"| {label} | {', '.join(f'{d:+.3f}' for d in diffs)} | {text} |")
+    # The verdict reads the colour probe: how much of each image's colour histogram
+    # the features hold is the paper's motivating measure (Lee et al. 2021, Fig. 1);
+    # the colour task's accuracies are reported beside it, each with its own sign.
     colour_keys = ("colour_linear", "colour_r2")
-    shown = all("higher in every seed" in summary[k] for k in colour_keys)
+    shown = "higher in every seed" in summary["colour_r2"]
     lines += ["", "Chance: colour 1/12 (hue bins 30 degrees wide), shape 1/5. The colour "
               "probe is the R² of a ridge regression from the features to each image's "
               "8x3x3 HSV histogram.", ""]
+    others = "; ".join(f"{METRICS[k]} {summary[k]}" for k in ("colour_knn", "colour_linear"))
     if shown:
-        lines.append(f"**Verdict: the effect shows.** {treated} keeps more colour "
-                     "information than " + base + " in every seed, on the colour task and "
-                     "the colour probe: what AugSelf claims.")
+        lines.append(f"**Verdict: the effect shows on the colour probe.** {treated} keeps more "
+                     f"of the images' colour histogram than {base} in every seed (R² "
+                     f"{summary['colour_r2']}): what AugSelf claims. On the colour task: "
+                     f"{others}.")
     else:
-        lines.append(f"**Verdict: the effect does not show in this budget.** {treated} "
-                     f"does not keep more colour information than {base} in every seed "
-                     "(colour task and colour probe); see the per-seed differences above.")
+        lines.append(f"**Verdict: the effect does not show in this budget.** {treated} does "
+                     f"not keep more of the images' colour histogram than {base} in every "
+                     f"seed (R² {summary['colour_r2']}). On the colour task: {others}.")
     if reference:
         base_rows = [r for r in rows if r["method"] == base]
         above = [k for k in colour_keys
