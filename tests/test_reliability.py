@@ -29,10 +29,18 @@ class _Payload:
         return (os.makedirs, (self.marker,))
 
 
-def test_planted_checkpoint_is_refused_and_its_code_never_runs(tiny_dataset, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished(tiny_dataset, tmp_path_factory):
+    """A 2-step run, trained once; each test works on its own copy."""
+    run = tmp_path_factory.mktemp("finished") / "run"
     r = _run(*trainrun.args(tiny_dataset, run, "--max-steps", "2", "--device", "cpu"))
     assert r.returncode == 0, r.stderr[-2000:]
+    return run
+
+
+def test_planted_checkpoint_is_refused_and_its_code_never_runs(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
     good = torch.load(run / "checkpoint.pt", weights_only=True)  # ours load safely
     marker = tmp_path / "pwned"
     torch.save({**good, "extra": _Payload(str(marker))}, run / "checkpoint.pt")
@@ -42,10 +50,9 @@ def test_planted_checkpoint_is_refused_and_its_code_never_runs(tiny_dataset, tmp
     assert "Traceback" not in r.stderr and not marker.exists()
 
 
-def test_resume_without_checkpoint_is_an_error_and_changes_nothing(tiny_dataset, tmp_path):
+def test_resume_without_checkpoint_is_an_error_and_changes_nothing(finished, tmp_path):
     run = tmp_path / "run"
-    r = _run(*trainrun.args(tiny_dataset, run, "--max-steps", "2", "--device", "cpu"))
-    assert r.returncode == 0, r.stderr[-2000:]
+    shutil.copytree(finished, run)
     (run / "checkpoint.pt").unlink()
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     r = _run("--out", run, "--resume")
