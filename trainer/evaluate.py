@@ -19,13 +19,13 @@ side) and cached in the run folder (trainer/probes/features.py).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from trainer.checkpoint import write_text_atomic
 from trainer.probes.features import cached
 from trainer.probes.labelings import labelings
 
@@ -149,12 +149,6 @@ def load_backbone(run_dir: Path, device="cpu"):
     return net.to(device).to(memory_format=torch.channels_last), cfg, saved.get("resolved", {})
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate_run(run_dir, train_data: str, test_data: str, device="cpu",
                  ecfg: EvalConfig | None = None) -> dict:
     """Evaluate RUN's backbone; writes RUN/eval/<dataset>.json and .md (and, for the
@@ -172,7 +166,7 @@ def evaluate_run(run_dir, train_data: str, test_data: str, device="cpu",
            "size": cfg.size, "eval_config": asdict(ecfg), "results": result}
     name = dataset_name(test_data)
     (run_dir / "eval").mkdir(exist_ok=True)
-    _write(run_dir / "eval" / f"{name}.json", json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(run_dir / "eval" / f"{name}.json", json.dumps(doc, indent=2) + "\n")
     header, row = markdown_row(run_dir.name, result)
-    _write(run_dir / "eval" / f"{name}.md", header + "\n" + row + "\n")
+    write_text_atomic(run_dir / "eval" / f"{name}.md", header + "\n" + row + "\n")
     return result

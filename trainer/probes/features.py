@@ -8,15 +8,13 @@ histogram (trainer/probes/color.py) at that size, the target of the colour probe
 
 Cache: ``<cache_dir>/<key>.pt`` with the features, labels and histograms; the
 key hashes the split's manifest, the view side and the backbone weights, so a
-changed dataset or checkpoint is never read from a stale cache. The file is
-written to a temporary name and renamed: an interrupted extraction leaves no
-half-written cache.
+changed dataset or checkpoint is never read from a stale cache. Written atomically
+(trainer/checkpoint.py): an interrupted extraction leaves no half-written cache.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from PIL import Image
 
 from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
 from pipelines.records import Records, open_rgb
+from trainer.checkpoint import save_atomic
 from trainer.probes.color import histograms
 
 
@@ -90,8 +89,6 @@ def cached(backbone: torch.nn.Module, data: str, size: int, cache_dir: Path | No
         return Split(saved["feats"], saved["labels"].numpy(), saved["hist"], saved["classes"])
     split = extract(backbone, data, size, device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"feats": split.feats, "labels": torch.from_numpy(split.labels),
-                "hist": split.hist, "classes": split.classes, "data": str(data)}, tmp)
-    os.replace(tmp, path)
+    save_atomic({"feats": split.feats, "labels": torch.from_numpy(split.labels),
+                 "hist": split.hist, "classes": split.classes, "data": str(data)}, path)
     return split
