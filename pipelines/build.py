@@ -44,6 +44,8 @@ class LoaderConfig:
     stage: str = "auto"        # last stage of dali/ffcv (pipelines/batch.py): auto = numba on
                                # a CPU device, one Triton launch per view on a GPU; "torch"
                                # = the batched torch stage
+    on_damaged: str = "skip"   # a sample failing its checksum: "skip" (its slot repeats a
+                               # good sample; counted, named on stderr) or "stop" (raise)
 
 
 def available() -> list[str]:
@@ -80,7 +82,7 @@ def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,
                   drop_last=cfg.drop_last, rank=cfg.rank, world=cfg.world, dtype=dtype,
-                  keep_raw=cfg.keep_raw)
+                  keep_raw=cfg.keep_raw, on_damaged=cfg.on_damaged)
     if backend.startswith("dali"):
         from pipelines.loader_dali import DaliLoader
         return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,

@@ -55,3 +55,22 @@ def verify(data_dir: Path, manifest: dict) -> list[str]:
                             f"the manifest says {want['bytes']} bytes sha256 "
                             f"{want['sha256'][:12]}...")
     return problems
+
+
+def read_manifest(data_dir: Path) -> dict:
+    """DIR/manifest.json as a dict; a missing or damaged one is named."""
+    import json
+
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; is {data_dir} a converted dataset "
+                                "(tools/convert_dataset.py)?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the file is damaged: re-convert the "
+                         "dataset or restore it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+        raise ValueError(f"{path}: not a manifest written by tools/convert_dataset.py; "
+                         "re-convert the dataset")
+    return manifest

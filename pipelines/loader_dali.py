@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipelines.batch import Batch, Finisher, default_stage
+from pipelines.checks import DamagedSample, DamageLog, substitute
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.records import Records
 from pipelines.sampling import crop_boxes, crop_fields
@@ -54,6 +55,8 @@ class _Ticket:
     index: np.ndarray       # int64 (B,), dataset index
     crop: np.ndarray        # float32 (B, V, 4), the schema's crop field
     inputs: tuple           # what DALI was fed (no_copy: kept alive until consumed)
+    problems: list          # damaged samples replaced in this batch (pipelines/checks.py)
+    fatal: str | None       # every sample damaged: the batch cannot be made
 
 
 class _Feeder:
@@ -82,17 +85,40 @@ class _Feeder:
         epoch, b = self.at
         B = self.plan.batch_size
         ids = self.order(epoch)[b * B:(b + 1) * B]
-        rows = self.table[ids]
+        # A damaged sample never reaches the decoder: its slot gets a repeat of a
+        # good one (checks.substitute); the loader reports it when it hands the
+        # batch over, in order (raising here would surface inside DALI).
+        bad = self.records.damaged(ids)
+        problems = [f"{self.records.where(i)}: checksum mismatch" for i in ids[bad]]
+        fatal = None
+        try:
+            ids = substitute(ids, bad, f"epoch {epoch} batch {b}")
+            rows, encoded = self.table[ids], self.records.encoded(ids)
+        except DamagedSample as e:  # DALI is fed a placeholder; the batch is refused on arrival
+            fatal = str(e)
+            rows, encoded = np.array([[0, 0, 8, 8]]), [_placeholder_jpeg()]
         labels, index, heights, widths = rows.T
         boxes = crop_boxes(heights, widths, self.views, self.seed, epoch, index)
-        inputs = [self.records.encoded(ids)]
+        inputs = [encoded]
         for v in range(len(self.views)):
             top_left = boxes[:, v, :2].astype(np.float32)
             inputs += [top_left, top_left + boxes[:, v, 2:].astype(np.float32)]
         crop = crop_fields(boxes, heights, widths)
-        self.tickets.append(_Ticket(epoch, b, labels.copy(), index.copy(), crop, tuple(inputs)))
+        self.tickets.append(_Ticket(epoch, b, labels.copy(), index.copy(), crop, tuple(inputs),
+                                    problems, fatal))
         self.at = (epoch, b + 1) if b + 1 < self.plan.num_batches else (epoch + 1, 0)
         return tuple(inputs)
+
+
+def _placeholder_jpeg() -> np.ndarray:
+    """An 8x8 black JPEG: what DALI decodes in place of a batch with no good sample."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
 
 
 def build_pipeline(source, recipe, batch_size: int, device_id, threads: int):
@@ -148,10 +174,12 @@ class DaliLoader(EpochLoader):
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
                  threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False, stage: str = "auto", prefetch: int = 1):
+                 compile: bool = False, stage: str = "auto", prefetch: int = 1,
+                 on_damaged: str = "skip"):
         if gpu and not torch.cuda.is_available():
             raise RuntimeError("dali-gpu needs a CUDA device; use dali-cpu on this machine")
         records = Records(data_dir)
+        self.damage = DamageLog(on_damaged)
         self.plan = EpochPlan(len(records), batch_size, seed, shuffle, drop_last, rank, world)
         self.recipe, self.seed = recipe, seed
         self.device = torch.device(device or ("cuda" if gpu else "cpu"))
@@ -225,6 +253,9 @@ class DaliLoader(EpochLoader):
         for b in range(self.skip, self.plan.num_batches):
             outs, t = self._next_outputs()
             assert (t.epoch, t.batch) == (self.epoch, b), "DALI and its feeder fell out of step"
+            if t.fatal:
+                raise DamagedSample(t.fatal)
+            self.damage.report(t.problems)
             ahead.append(self._prepare(outs, t))
             if len(ahead) > self.prefetch:
                 yield self._hand_over(ahead.popleft())

@@ -21,7 +21,6 @@ traversal order, so FFCV, DALI and torchvision split data identically.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,8 +31,9 @@ from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from pipelines import counter_rng, photometric_cpu
+from pipelines import checks, counter_rng, photometric_cpu
 from pipelines.batch import Finisher, default_stage
+from pipelines.checks import DamagedSample, DamageLog
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.sampling import crop_args, make_crop_box
 
@@ -65,10 +65,14 @@ def _multiview_op_class():
         FFCV accepts only that as the first operation of an image pipeline."""
 
         def __init__(self, recipe, seed: int, epoch_cell: np.ndarray, rows_cell: np.ndarray,
-                     render: bool):
+                     render: bool, crcs: np.ndarray | None):
             super().__init__()
             self.recipe, self.seed, self.epoch_cell = recipe, seed, epoch_cell
             self.rows_cell, self.render = rows_cell, render
+            # per-sample checksums (pipelines/checks.py), read by address like the
+            # epoch; None: a dataset converted without them, nothing is checked
+            self.crcs = np.zeros(1, np.uint32) if crcs is None else np.ascontiguousarray(crcs)
+            self.check = crcs is not None
             self.smax = max(v.size for v in recipe.views)
 
         def declare_state_and_memory(self, previous_state):
@@ -80,7 +84,8 @@ def _multiview_op_class():
                     (AllocationQuery((V, self.smax ** 2 * 3), np.dtype("u1")),
                      AllocationQuery((V, 4), np.dtype("f4")),
                      AllocationQuery((V, 8), np.dtype("f4")),
-                     AllocationQuery((max_h * max_w * np.uint64(3),), np.dtype("u1"))))
+                     AllocationQuery((max_h * max_w * np.uint64(3),), np.dtype("u1")),
+                     AllocationQuery((1,), np.dtype("u1"))))
 
         def generate_code(self):
             jpg = IMAGE_MODES["jpg"]
@@ -96,19 +101,26 @@ def _multiview_op_class():
             sizes = np.array([v.size for v in self.recipe.views], dtype=np.int64)
             n_views = self.recipe.num_views
             epoch_addr = self.epoch_cell.ctypes.data
+            crcs_addr, n_crcs, check = self.crcs.ctypes.data, len(self.crcs), self.check
+            crc32_nb, crc_table = checks.crc32_nb, checks.TABLE
 
             def decode(batch_indices, my_storage, metadata, storage_state):
-                crops, boxes, rest, temp = my_storage
+                crops, boxes, rest, temp, bad = my_storage
                 # (epoch, seed) read at run time: a captured seed would be typed as a
                 # literal, compiling the shared kernels once per seed (and numba's
                 # dispatchers typed with literals from several threads raced, in a test).
                 cell = numba.carray(_address_as_pointer(epoch_addr), (2,), np.int64)
                 epoch, seed = cell[0], cell[1]
                 rows = numba.carray(_address_as_pointer(rows_addr), rows_shape, np.float64)
+                crcs = numba.carray(_address_as_pointer(crcs_addr), (n_crcs,), np.uint32)
                 for dst in my_range(len(batch_indices)):
                     src_ix = batch_indices[dst]
                     field = metadata[src_ix]
                     data = mem_read(field["data_ptr"], storage_state)
+                    bad[dst, 0] = 0
+                    if check and crc32_nb(data, crc_table) != crcs[src_ix]:
+                        bad[dst, 0] = 1  # never decoded; the loader replaces it
+                        continue
                     height, width = np.uint32(field["height"]), np.uint32(field["width"])
                     if field["mode"] == jpg:
                         buf = temp[dst]
@@ -133,7 +145,7 @@ def _multiview_op_class():
                         boxes[dst, v, 2] = h / height
                         boxes[dst, v, 3] = w / width
                 n = len(batch_indices)
-                return crops[:n], boxes[:n], rest[:n]
+                return crops[:n], boxes[:n], rest[:n], bad[:n]
 
             decode.is_parallel = True
             return decode
@@ -159,6 +171,34 @@ def _next(epoch_iter):
         return None
 
 
+def open_beton(data_dir: Path):
+    """data.beton checked before any batch: its size and tables against the
+    manifest, its per-sample checksums loaded (pipelines/checks.py). Returns
+    (path, checksums or None, each sample's data pointer for messages)."""
+    from ffcv.reader import Reader
+
+    path = data_dir / "data.beton"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
+    from pipelines.integrity import check_sizes, read_manifest
+    manifest = read_manifest(data_dir) if (data_dir / "manifest.json").is_file() else {}
+    check_sizes(data_dir, manifest, ["data.beton"])
+    try:
+        reader = Reader(str(path))
+        ptr, _ = checks.beton_sample_bytes(reader)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - FFCV's reader fails in many ways on bad bytes
+        raise ValueError(f"{path}: not a readable .beton ({type(e).__name__}: {e}); the file "
+                         "is damaged: re-convert the dataset") from None
+    want = (manifest.get("tables_sha256") or {}).get("data.beton")
+    if want is not None and checks.beton_tables_sha256(reader) != want:
+        raise ValueError(f"{path}: its sample tables (sizes, where each image is) differ from "
+                         "the manifest's: the file is damaged; re-convert the dataset")
+    crcs = checks.load(data_dir, manifest, checks.BETON_CHECKS, len(ptr)) if manifest else None
+    return path, crcs, ptr
+
+
 class _PlanOrder:
     """Stands in for FFCV's traversal order: our EpochPlan's order."""
 
@@ -175,24 +215,20 @@ class FfcvLoader(EpochLoader):
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
                  device="cpu", dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False, stage: str = "auto"):
+                 compile: bool = False, stage: str = "auto", on_damaged: str = "skip"):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
 
-        path = Path(data_dir) / "data.beton"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; convert without --no-beton")
-        mpath = Path(data_dir) / "manifest.json"
-        if mpath.is_file():
-            from pipelines.integrity import check_sizes
-            check_sizes(Path(data_dir), json.loads(mpath.read_text()), ["data.beton"])
+        path, crcs, self.sample_ptr = open_beton(Path(data_dir))
+        self.path = path
+        self.damage = DamageLog(on_damaged)
         self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
         self.rows_cell = photometric_cpu.recipe_rows(recipe)
         # On a CPU device the photometric stage runs in the op (the loader's
         # threads) as photometric_cpu's kernel; on a GPU it runs batched in torch.
         self.render_here = torch.device(device).type == "cpu"
         op = _multiview_op_class()(recipe, seed, self.epoch_cell, self.rows_cell,
-                                   self.render_here)
+                                   self.render_here, crcs)
         self.loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
                              order=OrderOption.SEQUENTIAL, drop_last=drop_last,
                              pipelines={"image": [op], "label": [IntDecoder()],
@@ -207,6 +243,18 @@ class FfcvLoader(EpochLoader):
             stage = "done" if self.render_here else default_stage(self.device)
         self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage, compile)
 
+    def _replace_damaged(self, bad, crops, boxes, rest, labels, index) -> None:
+        """Damaged samples (never decoded) take a repeat of the batch's first good
+        one, in place (this batch's buffers), and are reported (pipelines/checks.py)."""
+        problems = [f"sample {i} ({self.path}, image at byte {self.sample_ptr[i]}): checksum "
+                    "mismatch" for i in index[bad]]
+        good = np.flatnonzero(~bad)
+        if not len(good):
+            raise DamagedSample(f"{problems[0]}; and every other sample of its batch is damaged")
+        self.damage.report(problems)
+        for a in (crops, boxes, rest, labels, index):
+            a[bad] = a[good[0]]
+
     def __iter__(self):
         self.epoch_cell[0] = self.epoch
         self.rows_cell[:] = photometric_cpu.recipe_rows(self.recipe)
@@ -214,8 +262,13 @@ class FfcvLoader(EpochLoader):
         epoch_iter = iter(self.loader)
         try:
             while (item := _next(epoch_iter)) is not None:
-                (crops, boxes, rest), labels, index = item
-                crops = torch.as_tensor(np.asarray(crops))
+                (crops, boxes, rest, bad), labels, index = item
+                crops, boxes, rest = np.asarray(crops), np.asarray(boxes), np.asarray(rest)
+                labels, index = np.array(labels).reshape(-1), np.array(index).reshape(-1)
+                bad = np.asarray(bad).reshape(-1).astype(bool)
+                if bad.any():
+                    self._replace_damaged(bad, crops, boxes, rest, labels, index)
+                crops = torch.as_tensor(crops)
                 views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
                          for v, vr in enumerate(self.recipe.views)]
                 boxes = torch.as_tensor(np.array(boxes))
@@ -228,8 +281,7 @@ class FfcvLoader(EpochLoader):
                 else:
                     # The Loader reuses its buffers: copy out before the next batch.
                     views = [x.clone() for x in views]
-                yield self.finish(views, boxes, np.array(labels).reshape(-1),
-                                  np.array(index).reshape(-1), self.epoch, done=done)
+                yield self.finish(views, boxes, labels, index, self.epoch, done=done)
         finally:
             # An epoch abandoned early (a break, a test taking one batch) must stop
             # FFCV's producer thread, or it keeps decoding into released buffers.

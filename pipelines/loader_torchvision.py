@@ -14,6 +14,7 @@ import torch
 
 from pipelines import reference
 from pipelines.batch import Finisher
+from pipelines.checks import DamagedSample, DamageLog
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.params import FIELDS
 from pipelines.records import Records, open_rgb
@@ -28,14 +29,16 @@ class _Views(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int):
+        # A damaged sample is returned as such, not raised: a worker's exception would
+        # reach the user wrapped in the DataLoader's traceback; the main process
+        # reports it, named (pipelines/checks.py)
+        if self.records.damaged([i])[0]:
+            return _Damaged(f"{self.records.where(i)}: checksum mismatch")
         data, label, index = self.records[i]
         try:
             src = np.asarray(open_rgb(data))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a damaged sample
-            # returned, not raised: a worker's exception would reach the user wrapped in
-            # the DataLoader's traceback; the main process raises it, named
-            return _Damaged(f"{self.records.where(i)}: cannot decode the image ({e}); the "
-                            "records are damaged: re-convert the dataset or restore the shard")
+            return _Damaged(f"{self.records.where(i)}: cannot decode the image ({e})")
         h, w = src.shape[:2]
         views, params = [], {k: [] for k in FIELDS}
         idx = torch.tensor([index])
@@ -54,14 +57,18 @@ class _Damaged(str):
 
 
 def _collate(items):
-    bad = [it for it in items if isinstance(it, _Damaged)]
-    if bad:
-        return bad[0]
+    """A batch, and the damaged samples in it: each one's slot is taken by a
+    repeat of the first good sample (pipelines/checks.py)."""
+    problems = [str(it) for it in items if isinstance(it, _Damaged)]
+    good = [it for it in items if not isinstance(it, _Damaged)]
+    if not good:
+        return _Damaged(f"{problems[0]}; and every other sample of its batch is damaged")
+    items = [good[0] if isinstance(it, _Damaged) else it for it in items]
     views = [torch.stack([it[0][v] for it in items]) for v in range(len(items[0][0]))]
     params = {k: torch.stack([it[1][k] for it in items]) for k in FIELDS}
     labels = torch.tensor([it[2] for it in items])
     index = torch.tensor([it[3] for it in items])
-    return views, params, labels, index
+    return views, params, labels, index, problems
 
 
 class TorchvisionLoader(EpochLoader):
@@ -69,8 +76,10 @@ class TorchvisionLoader(EpochLoader):
 
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
-                 device="cpu", dtype=torch.float32, keep_raw: bool = False):
+                 device="cpu", dtype=torch.float32, keep_raw: bool = False,
+                 on_damaged: str = "skip"):
         self.records = Records(data_dir)
+        self.damage = DamageLog(on_damaged)
         self.dataset = _Views(self.records, recipe, seed)
         self.plan = EpochPlan(len(self.records), batch_size, seed, shuffle, drop_last, rank,
                               world)
@@ -87,6 +96,7 @@ class TorchvisionLoader(EpochLoader):
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         for item in dl:
             if isinstance(item, _Damaged):
-                raise ValueError(str(item))
-            views, params, labels, index = item
+                raise DamagedSample(str(item))
+            views, params, labels, index, problems = item
+            self.damage.report(problems)
             yield self.finish(views, params["crop"], labels, index, self.epoch, done=params)

@@ -6,7 +6,6 @@ here, so they all read sample i from the same bytes."""
 from __future__ import annotations
 
 import io
-import json
 import mmap
 import sys
 from pathlib import Path
@@ -28,27 +27,43 @@ class Records:
 
     def __init__(self, data_dir: str | Path):
         self.dir = Path(data_dir)
-        mpath = self.dir / "manifest.json"
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{mpath}: missing; is {self.dir} a converted dataset?")
-        self.manifest = json.loads(mpath.read_text())
-        rec = self.manifest["outputs"]["records"]
+        from pipelines.integrity import read_manifest
+        self.manifest = read_manifest(self.dir)
+        rec = self.manifest["outputs"].get("records")
         if not rec:
             raise FileNotFoundError(f"{self.dir}: converted without records (--no-records)")
         from pipelines.integrity import check_sizes
-        check_sizes(self.dir, self.manifest, [f"records/{s[k]}" for s in rec["shards"]
-                                              for k in ("tar", "index")])
-        self.tars = [str(self.dir / "records" / s["tar"]) for s in rec["shards"]]
-        self.idxs = [str(self.dir / "records" / s["index"]) for s in rec["shards"]]
+        try:
+            names = [(f"records/{s['tar']}", f"records/{s['index']}") for s in rec["shards"]]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{self.dir / 'manifest.json'}: its list of shards is damaged "
+                             f"({type(e).__name__}: {e}); re-convert the dataset") from None
+        check_sizes(self.dir, self.manifest, [n for pair in names for n in pair])
+        self.tars = [str(self.dir / t) for t, _ in names]
+        self.idxs = [str(self.dir / i) for _, i in names]
         rows = []  # (shard, img_offset, img_size, meta_offset, meta_size)
         for k, idx in enumerate(self.idxs):
-            for line in Path(idx).read_text().splitlines()[1:]:
-                parts = line.split()
-                comp = {parts[j]: (int(parts[j + 1]), int(parts[j + 2]))
-                        for j in range(0, len(parts), 4)}
-                img = comp.get("jpg") or comp.get("png")
-                rows.append((k, img[0], img[1], *comp["meta"]))
+            try:
+                for line in Path(idx).read_text().splitlines()[1:]:
+                    parts = line.split()
+                    comp = {parts[j]: (int(parts[j + 1]), int(parts[j + 2]))
+                            for j in range(0, len(parts), 4)}
+                    img = comp.get("jpg") or comp.get("png")
+                    rows.append((k, img[0], img[1], *comp["meta"]))
+            except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{idx}: not a readable DALI index ({type(e).__name__}: {e}); "
+                                 "the file is damaged: re-convert the dataset") from None
         self.entries = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        sizes = np.array([Path(t).stat().st_size for t in self.tars], dtype=np.int64)
+        ends = np.maximum(self.entries[:, 1] + self.entries[:, 2],
+                          self.entries[:, 3] + self.entries[:, 4])
+        bad = (self.entries[:, 1:] < 0).any(axis=1) | (ends > sizes[self.entries[:, 0]])
+        if bad.any():
+            k = int(self.entries[np.flatnonzero(bad)[0], 0])
+            raise ValueError(f"{self.idxs[k]}: points past the end of {self.tars[k]}: the "
+                             "index or the shard is damaged; re-convert the dataset")
+        from pipelines import checks
+        self.crcs = checks.load(self.dir, self.manifest, checks.RECORDS_CHECKS, len(rows))
         self._maps: dict[int, mmap.mmap] = {}
         self._table: np.ndarray | None = None
 
@@ -73,6 +88,20 @@ class Records:
         m = self._map(k)
         label, index = np.frombuffer(m[moff:moff + 16], dtype="<i8")
         return m[off:off + size], int(label), int(index)
+
+    def damaged(self, ids) -> np.ndarray:
+        """Bool mask over ``ids``: samples whose bytes (image and meta) do not match
+        the converter's checksum (all False when the dataset has no checksums)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        bad = np.zeros(len(ids), dtype=bool)
+        if self.crcs is None:
+            return bad
+        from pipelines.checks import crc_records_sample
+        for j, (k, off, size, moff, msize) in enumerate(self.entries[ids].tolist()):
+            m = memoryview(self._map(k))
+            bad[j] = crc_records_sample(m[off:off + size], m[moff:moff + msize]) \
+                != self.crcs[ids[j]]
+        return bad
 
     def encoded(self, ids) -> list[np.ndarray]:
         """The encoded images of samples ``ids`` as uint8 arrays that view the

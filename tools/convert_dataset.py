@@ -7,8 +7,11 @@ a CIFAR-10/100 python directory or an STL-10 binary directory; the format is
 detected, or named with --format. DIR receives:
 
     data.beton      FFCV: fields image (RGBImageField), label (int), index (int)
-    records/        WebDataset shards shard-NNNNNN.tar + DALI index .idx each
-    manifest.json   source, format, split, counts, classes, options, problems
+    data.beton.crc32  per-sample checksums of the .beton (pipelines/checks.py)
+    records/        WebDataset shards shard-NNNNNN.tar + DALI index .idx each,
+                    samples.crc32 (per-sample checksums)
+    manifest.json   source, format, split, counts, classes, options, problems,
+                    size and SHA-256 of every file above
 
 Unreadable files are skipped, listed in the manifest and on stderr; the exit
 status is 0 unless nothing valid was found or --strict was given. Outputs are
@@ -33,8 +36,9 @@ from tools.image_decode import BadImage, Decoded, encode, load_rgb, shrink
 from tools.sources import FORMATS, SourceError, open_source
 from tools.staging import OutputError, StagedOutput
 
-TOOL_VERSION = "1.2"  # 1.1: record meta holds the image size too; 1.2: file integrity
-OUTPUTS = ["data.beton", "records", "manifest.json"]
+TOOL_VERSION = "1.3"  # 1.1: record meta holds the image size too; 1.2: file integrity;
+                      # 1.3: per-sample checksums (pipelines/checks.py)
+OUTPUTS = ["data.beton", "data.beton.crc32", "records", "manifest.json"]
 
 # Set in the parent before forking; workers inherit it (no pickling of arrays).
 _SOURCE = None
@@ -197,17 +201,27 @@ def convert(args) -> dict:
                               "and --strict was given; nothing written")
         beton_seconds = 0.0 if args.no_beton else write_beton(stage / "data.beton", source,
                                                               valid, args)
+        tables = {}
+        if not args.no_beton:  # read back: the bytes FFCV's reader will hand the decoder
+            from pipelines.checks import BETON_CHECKS, beton_crcs
+            crcs, tables["data.beton"] = beton_crcs(stage / "data.beton")
+            (stage / BETON_CHECKS).write_bytes(crcs.tobytes())
 
         labels = np.array([source.label(i) for i in valid])
+        from pipelines.checks import BETON_CHECKS, RECORDS_CHECKS
         from pipelines.integrity import describe
         written = [f"records/{s[k]}" for s in shard_list for k in ("tar", "index")]
-        written += [] if args.no_beton else ["data.beton"]
+        written += [] if args.no_records else [RECORDS_CHECKS]
+        written += [] if args.no_beton else ["data.beton", BETON_CHECKS]
         manifest = {
             "tool": "convert_dataset", "tool_version": TOOL_VERSION,
             "source": str(Path(args.src).resolve()), "format": source.format,
             "split": source.split,
             "counts": {"candidates": len(source), "written": len(valid),
-                       "skipped": len(problems), "ignored_non_images": len(source.ignored),
+                       # files; a folder problem (a name ending in /) is no candidate
+                       "skipped": sum(not p["file"].endswith("/") for p in problems),
+                       "folder_problems": sum(p["file"].endswith("/") for p in problems),
+                       "ignored_non_images": len(source.ignored),
                        "per_class": ({c: int((labels == k).sum())
                                       for k, c in enumerate(source.classes)}
                                      if source.classes else {}),
@@ -223,6 +237,7 @@ def convert(args) -> dict:
                         {"folder": "records", "shards": shard_list,
                          "meta": ["label", "index", "height", "width"]}},
             "integrity": {name: describe(stage / name) for name in written},
+            "tables_sha256": tables,  # the .beton's metadata + allocation tables
             "problems": problems,
             "ignored": source.ignored[:1000],
             "seconds": {"decode_and_records": round(t1 - t0, 3), "beton": round(beton_seconds, 3)},
@@ -246,7 +261,9 @@ def main(argv=None) -> int:
     what = [x for x, on in (("data.beton", m["outputs"]["beton"]),
                             (f"records/ ({len(m['outputs']['records']['shards'])} shards)"
                              if m["outputs"]["records"] else "", m["outputs"]["records"])) if on]
-    print(f"wrote {c['written']} images ({c['skipped']} skipped) to {args.out}: "
+    folders = (f"; {c['folder_problems']} class folders without a readable image"
+               if c.get("folder_problems") else "")
+    print(f"wrote {c['written']} images ({c['skipped']} skipped{folders}) to {args.out}: "
           f"{', '.join(what)}, manifest.json  "
           f"[{c['written'] / max(s['decode_and_records'] + s['beton'], 1e-9):.0f} img/s]")
     return 0

@@ -8,6 +8,9 @@ Each sample is two members sharing the key ``%09d`` (its index in the dataset):
                             decoded image, so that a loader can draw crop boxes
                             before decoding), read by DALI with dtypes=INT64
 
+and ``samples.crc32`` next to the shards: each sample's checksum
+(pipelines/checks.py).
+
 Every tar member costs at least 1 KiB (header + one padded block), more than a
 CIFAR JPEG, so label, index and size share one member instead of one each.
 
@@ -23,6 +26,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.checks import RECORDS_CHECKS, crc_records_sample
 
 
 def _index_creator():
@@ -47,6 +52,7 @@ class ShardWriter:
         self.shards: list[dict] = []
         self._tar: tarfile.TarFile | None = None
         self._in_shard = 0
+        self.crcs: list[int] = []  # per sample: pipelines/checks.py
 
     def write(self, index: int, label: int, image: bytes, ext: str,
               size: tuple[int, int]) -> None:
@@ -54,8 +60,9 @@ class ShardWriter:
         if self._tar is None or self._in_shard == self.shard_size:
             self._open_next()
         key = f"{index:09d}"
-        members = [(f"{key}.{ext}", image),
-                   (f"{key}.meta", np.array([label, index, *size], dtype="<i8").tobytes())]
+        meta = np.array([label, index, *size], dtype="<i8").tobytes()
+        members = [(f"{key}.{ext}", image), (f"{key}.meta", meta)]
+        self.crcs.append(crc_records_sample(image, meta))
         for name, payload in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(payload), 0, 0o644
@@ -81,5 +88,8 @@ class ShardWriter:
             ic.create_index()
 
     def close(self) -> list[dict]:
+        """Closes the last shard and writes the per-sample checksums."""
         self._close_current()
+        (self.folder.parent / RECORDS_CHECKS).write_bytes(
+            np.array(self.crcs, dtype="<u4").tobytes())
         return self.shards

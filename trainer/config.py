@@ -91,6 +91,10 @@ class Config:
                              "checkpoints are checked)")
     max_bad_steps: int = opt(10, "stop (non-zero exit, last good checkpoint kept) after this "
                              "many steps in a row with a non-finite loss; each is skipped")
+    on_damaged: str = opt("skip", "a sample whose bytes fail the converter's checksum: skip "
+                          "(its batch slot repeats a good sample; named on stderr, counted "
+                          "in metrics.jsonl as damaged_samples) or stop (exit 1, naming it)",
+                          ["skip", "stop"])
     progress: bool = opt(True, "progress bar")
 
     def augself_weights(self) -> dict[str, float]:
@@ -100,7 +104,8 @@ class Config:
 
 # Fields a resumed run may change: they do not alter what is computed.
 # "out": a run folder may be moved and resumed where it now is.
-RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress", "out"}
+RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress", "out",
+                     "on_damaged", "max_bad_steps"}
 
 
 def _types() -> dict[str, type]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
+from pipelines.checks import DamagedSample
 from pipelines.recipe import parse_jitter
 from pipelines.records import Records
 from trainer import checkpoint, dist, optim, systems
@@ -86,6 +87,18 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int):
         super().__init__(signum, step)
         self.signum, self.step = signum, step
+
+
+def _checkpoint_on_damage(loader, save, out: str):
+    """The loader's batches; a damaged sample with --on-damaged stop writes a
+    checkpoint at the last finished step first, so the run can go on with skip."""
+    try:
+        yield from loader
+    except DamagedSample as e:
+        save()
+        raise DamagedSample(f"{e}. A checkpoint was written at the last finished step; to "
+                            f"train on without the sample: python -m trainer.run --out {out} "
+                            "--resume --on-damaged skip") from None
 
 
 def train_step(model, objective, optimizer, sysm: systems.Systems, batch, step: int,
@@ -167,7 +180,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
         jitter=parse_jitter(cfg.jitter) if cfg.jitter else None,
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
-        device=str(sysm.device)), dtype=sysm.dtype)
+        device=str(sysm.device), on_damaged=cfg.on_damaged), dtype=sysm.dtype)
     classes = num_classes(cfg.data)
     objective = build_objective(cfg, loader.recipe, classes)
     model, objective = systems.prepare(objective, cfg, sysm, env)
@@ -216,7 +229,9 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         while step < stop:
             epoch, skip = divmod(step, spe)
             loader.set_epoch(epoch, skip)
-            for batch in loader:
+            # the lambda reads `step` when a damaged sample stops the run: the last
+            # finished step, on purpose
+            for batch in _checkpoint_on_damage(loader, lambda: save(step), cfg.out):  # noqa: B023
                 cur_lr = optim.set_lr(optimizer, step, total, warmup)
                 out = train_step(model, objective, optimizer, sysm, batch, step,
                                  (step + 1) / total, check_finite=cfg.check_finite,
@@ -252,6 +267,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                     if env.main:
                         metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
                                        "images_per_s": rate, "skipped_steps": skipped_total,
+                                       "damaged_samples": loader.damage.count,
                                        **last})
                         if last:
                             bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
