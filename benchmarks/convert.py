@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import environment, write_section
+from pipelines import cli
 
 DEFAULT_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -29,7 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--tarball", type=Path, default=DEFAULT_TARBALL)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--write-mode", default="jpg")
+    cli.add_debug(p)
     a = p.parse_args(argv)
+    cli.require_positive(p, a, 'repeats')
     if not a.tarball.exists():
         print(f"benchmarks.convert: error: {a.tarball} not found", file=sys.stderr)
         return 1
@@ -73,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "benchmarks.convert"))

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import bar_plot, environment, write_section
+from pipelines import cli
 from pipelines.build import LoaderConfig, available, build_loader
 from tools import convert_dataset, make_synthetic
 from trainer import optim, systems
@@ -122,7 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="default 4 (3 with --quick)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only")
+    cli.add_debug(ap)
     a = ap.parse_args(argv)
+    cli.require_positive(ap, a, 'size', 'batch', 'steps', 'repeats')
     q = a.quick
     backbone = a.backbone or ("small" if q else "resnet50")
     size, batch = a.size or (32 if q else 224), a.batch or (64 if q else 256)
@@ -205,4 +208,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "benchmarks.e2e"))

@@ -22,6 +22,7 @@ import time
 import torch
 
 from benchmarks.report import bar_plot, environment, write_section
+from pipelines import cli
 from pipelines.params import identity
 from pipelines.recipe import preset
 from trainer import optim, systems
@@ -80,7 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
+    cli.add_debug(p)
     a = p.parse_args(argv)
+    cli.require_positive(p, a, 'size', 'batch', 'proj', 'steps', 'repeats')
     # The trainer's own systems choice (bf16 autocast on GPU, fp32 on CPU).
     sysm = systems.choose(Config(data="-"), Env())
     device, dtype = sysm.device, sysm.dtype
@@ -132,4 +135,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "benchmarks.heads"))

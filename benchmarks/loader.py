@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import bar_plot, environment, write_section
+from pipelines import cli
 from pipelines.build import LoaderConfig, available, build_loader
 from tools import convert_dataset, make_synthetic
 
@@ -71,7 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the torch photometric stage of dali/ffcv (a GPU "
                     "device; on a CPU device they use the numba kernel either way)")
+    cli.add_debug(ap)
     a = ap.parse_args(argv)
+    cli.require_positive(ap, a, 'n_images', 'batch', 'batches_per_run', 'repeats')
     backends = a.backends.split(",")
     sizes = [int(s) for s in a.sizes.split(",")]
     need = a.batch * (max(_warmup_batches(be, a.workers) for be in backends) + a.batches_per_run)
@@ -154,4 +157,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "benchmarks.loader"))

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import cli
+
 HERE = Path(__file__).resolve().parent
 TARBALL = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -267,6 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--out", default="runs/reproduce", help="datasets and run folders")
     p.add_argument("--no-write", action="store_true", help="do not write REPRODUCTION.md")
+    cli.add_debug(p)
     a = p.parse_args(argv)
     b = BUDGETS[a.budget]
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -327,4 +330,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "benchmarks.reproduce"))

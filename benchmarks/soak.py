@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -164,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="", help="a converted dataset instead of synthetic data")
     ap.add_argument("--work", default="", help="folder for data and run (default: a temp dir)")
     ap.add_argument("--json", default="", help="also write the samples and summary here")
+    cli.add_debug(ap)
     args = ap.parse_args(argv)
     if args.minutes < 1:
         ap.error("--minutes must be at least 1")
@@ -181,4 +184,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "benchmarks.soak"))

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipelines import cli
 from tools.image_decode import BadImage, Decoded, encode, load_rgb, shrink
 from tools.sources import FORMATS, SourceError, open_source
 from tools.staging import OutputError, StagedOutput
@@ -145,6 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="replace this tool's outputs in a non-empty --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_debug(p)
     args = p.parse_args(argv)
     if args.no_beton and args.no_records:
         p.error("--no-beton and --no-records together leave nothing to write")
@@ -254,6 +256,11 @@ def main(argv=None) -> int:
     except (SourceError, OutputError) as e:
         print(f"convert_dataset: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, file too large, permissions: nothing was committed
+        print(f"convert_dataset: error: cannot write under {args.out}: "
+              f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''} (disk full?); "
+              "nothing was written and earlier outputs there are kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("convert_dataset: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -270,4 +277,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "convert_dataset"))

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines import cli
 from tools import convert_dataset, demo_report, make_synthetic
 
 RUNS = [("SimSiam", "none", "run-simsiam"), ("SimSiam + AugSelf", "augself", "run-simsiam-augself")]
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", help="loader backend (default: best here)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_debug(p)
     a = p.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
@@ -167,4 +169,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "demo"))

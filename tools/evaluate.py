@@ -27,6 +27,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipelines import cli
 from trainer.evaluate import TASKS, EvalConfig
 
 
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", help="loader backend for augparams (auto)")
     p.add_argument("--seed", type=int, default=0, help="splits, episodes (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_debug(p)
     a = p.parse_args(argv)
     run = Path(a.run)
     for need in ("config.json", "backbone.pt"):
@@ -115,4 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "evaluate"))

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from pipelines import cli
 from tools.staging import OutputError, StagedOutput
 
 HUE_BIN = 30  # degrees; bin k covers [30k - 15, 30k + 15)
@@ -187,6 +188,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_debug(p)
     a = p.parse_args(argv)
     if a.n_train < 0 or a.n_test < 0 or a.n_train + a.n_test == 0:
         p.error("--n-train and --n-test must be >= 0 and not both 0")
@@ -202,4 +204,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "make_synthetic"))

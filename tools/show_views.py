@@ -18,6 +18,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines import cli
 from pipelines.build import BACKENDS, LoaderConfig, build_loader
 from pipelines.recipe import PRESETS
 from pipelines.records import Records, open_rgb
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="PNG grid to write")
     ap.add_argument("--npz", default=None, help="also save views and parameters here")
+    cli.add_debug(ap)
     a = ap.parse_args(argv)
     try:
         loader = build_loader(LoaderConfig(data=a.data, backend=a.backend, preset=a.preset,
@@ -92,4 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "show_views"))

@@ -15,6 +15,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from pipelines import cli
+
 
 def opt(default, help: str, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -188,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
                     "converted dataset. Single process: python -m trainer.run ...; several: "
                     "torchrun --nproc_per_node=N -m trainer.run ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cli.add_debug(p)
     p.add_argument("--config", help="JSON file of options (strict); the command line wins")
     for f in fields(Config):
         t = _types()[f.name]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
 from pipelines.checks import DamagedSample
 from pipelines.recipe import parse_jitter
@@ -298,10 +299,16 @@ def _train(cfg: Config, env: dist.Env) -> dict:
 
 
 def main(argv=None) -> int:
+    """The command line (pipelines/cli.py: one line on failure, --debug for the
+    traceback); 2 for a bad option, 128+signal when preempted."""
+    return cli.run(_main, "trainer.run", argv)
+
+
+def _main(argv) -> int:
     try:
         cfg = from_argv(argv)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"trainer.run: error: {e}", file=sys.stderr)
         return 2
     try:
         summary = train(cfg)
@@ -311,9 +318,6 @@ def main(argv=None) -> int:
                   f"written; continue with: python -m trainer.run --out {cfg.out} --resume",
                   file=sys.stderr)
         return 128 + int(p.signum)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: summary[k] for k in ("run", "step", "final")}, indent=None))
     return 0
