@@ -97,3 +97,15 @@ def test_trainer_stops_with_a_checkpoint_then_resumes_with_skip(converted, tmp_p
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 8 and rows[-1]["damaged_samples"] == 2  # once per epoch
     assert np.isfinite(rows[-1]["loss"])
+
+
+def test_verify_tool_names_the_damaged_sample(converted, capsys):
+    from tools import verify_dataset
+
+    assert verify_dataset.main([str(converted), "--quiet"]) == 0
+    damage(converted, 9)
+    assert verify_dataset.main([str(converted), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "shard-000000.tar: " in err and "sample 9 (" in err
+    if (converted / "data.beton").is_file():
+        assert f"sample 9 ({converted / 'data.beton'}): checksum mismatch" in err
