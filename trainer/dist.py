@@ -26,6 +26,14 @@ class Env:
         return self.rank == 0
 
 
+def peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another rank went away
+    (gloo: the peer closed its connection; nccl: a DistError)."""
+    text = str(e)
+    return isinstance(e, getattr(td, "DistError", ())) or "closed by peer" in text \
+        or "Connection reset by peer" in text
+
+
 def init(device_type: str) -> Env:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK);
     a plain `python` start is a world of one. nccl on CUDA, gloo on CPU."""

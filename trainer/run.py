@@ -318,6 +318,15 @@ def _main(argv) -> int:
                   f"written; continue with: python -m trainer.run --out {cfg.out} --resume",
                   file=sys.stderr)
         return 128 + int(p.signum)
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.peer_failure(e):
+            # the rank that died is named by torchrun's summary ("Root Cause")
+            print(f"trainer.run: error: rank {os.environ.get('RANK')}: another rank stopped "
+                  f"mid-step ({str(e).splitlines()[0][:200]}); the run folder keeps its last "
+                  f"checkpoint: once every rank can run, start the same torchrun command "
+                  f"with --out {cfg.out} --resume", file=sys.stderr)
+            return 1
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: summary[k] for k in ("run", "step", "final")}, indent=None))
     return 0
