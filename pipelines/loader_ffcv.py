@@ -102,7 +102,7 @@ def _multiview_op_class():
             n_views = self.recipe.num_views
             epoch_addr = self.epoch_cell.ctypes.data
             crcs_addr, n_crcs, check = self.crcs.ctypes.data, len(self.crcs), self.check
-            crc32_nb, crc_table = checks.crc32_nb, checks.TABLE
+            crc32_nb = checks.crc32_nb
 
             def decode(batch_indices, my_storage, metadata, storage_state):
                 crops, boxes, rest, temp, bad = my_storage
@@ -118,7 +118,7 @@ def _multiview_op_class():
                     field = metadata[src_ix]
                     data = mem_read(field["data_ptr"], storage_state)
                     bad[dst, 0] = 0
-                    if check and crc32_nb(data, crc_table) != crcs[src_ix]:
+                    if check and crc32_nb(data) != crcs[src_ix]:
                         bad[dst, 0] = 1  # never decoded; the loader replaces it
                         continue
                     height, width = np.uint32(field["height"]), np.uint32(field["width"])

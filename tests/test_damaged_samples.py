@@ -109,3 +109,13 @@ def test_verify_tool_names_the_damaged_sample(converted, capsys):
     assert "shard-000000.tar: " in err and "sample 9 (" in err
     if (converted / "data.beton").is_file():
         assert f"sample 9 ({converted / 'data.beton'}): checksum mismatch" in err
+
+
+def test_numba_crc_equals_zlib():
+    import zlib
+
+    from pipelines.checks import _crc32_table_loop, crc32_nb
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 4096, 100_003):
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        assert crc32_nb(data) == _crc32_table_loop(data) == zlib.crc32(data.tobytes())
