@@ -11,6 +11,9 @@ APT_PKGS := libopencv-dev libturbojpeg0-dev pkg-config
 DEMO_DIR ?= demo
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k convert -x"`.
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): many tests wait on subprocesses, DALI or FFCV
+# threads, so two workers on two cores finish sooner than one (RESULTS.md).
+TEST_WORKERS ?= 2
 
 .PHONY: setup apt demo test test-all bench lint clean help
 
@@ -50,7 +53,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check -q .
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: setup
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)

@@ -170,3 +170,23 @@ def test_checkpoint_helpers_are_atomic_and_name_the_file(tmp_path):
     assert not checkpoint.all_finite({"x": [torch.tensor([1.0, float("nan")])]})
     (tmp_path / ".f.pt.tmp-4242").write_bytes(b"x")
     assert [p.name for p in checkpoint.remove_stale(tmp_path)] == [".f.pt.tmp-4242"]
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"resolved": {}}', '{"config": 3}'])
+def test_damaged_config_json_is_named_on_resume(tmp_path, capsys, text):
+    from trainer import run
+
+    (tmp_path / "config.json").write_text(text)
+    assert run.main(["--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'config.json'}: not a run's config" in err and "Traceback" not in err
+
+
+def test_sigint_and_sigterm_are_noted_not_raised():
+    from trainer.run import _stop_on_signals
+
+    with _stop_on_signals() as caught:
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the step finishes
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert caught == [signal.SIGINT, signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -223,7 +223,13 @@ def from_argv(argv=None) -> Config:
         saved_path = out / "config.json"
         if not saved_path.is_file():
             raise ValueError(f"--resume: {saved_path} does not exist; nothing to resume")
-        saved = json.loads(saved_path.read_text())["config"]
+        try:
+            saved = json.loads(saved_path.read_text())["config"]
+            if not isinstance(saved, dict):
+                raise TypeError("'config' is not an object")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume: {saved_path}: not a run's config ({type(e).__name__}: "
+                             f"{e}); restore it from the run's copy or start a new run") from None
         given = {**base, **args}
         changed = sorted(k for k, v in given.items()
                          if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
