@@ -11,9 +11,12 @@ APT_PKGS := libopencv-dev libturbojpeg0-dev pkg-config
 DEMO_DIR ?= demo
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k convert -x"`.
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist): many tests wait on subprocesses, DALI or FFCV
-# threads, so two workers on two cores finish sooner than one (RESULTS.md).
+# Test processes (pytest-xdist, work-stealing: a few tests take minutes and
+# would otherwise leave one worker idle at the end). A test that runs past
+# TEST_TIMEOUT seconds fails with every thread's stack (pytest-timeout): a hang
+# is a failure, not a stuck CI.
 TEST_WORKERS ?= 2
+TEST_TIMEOUT ?= 900
 
 .PHONY: setup apt demo test test-all bench lint clean help
 
@@ -53,7 +56,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check -q .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --timeout $(TEST_TIMEOUT) $(PYTEST_ARGS)
 
 test-all: setup
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
