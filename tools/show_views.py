@@ -16,22 +16,12 @@ import argparse
 import sys
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from pipelines import cli
 from pipelines.build import BACKENDS, LoaderConfig, build_loader
 from pipelines.recipe import PRESETS
 from pipelines.records import Records, open_rgb
-
-
-def _caption(p: dict, b: int, v: int) -> list[str]:
-    y0, x0, h, w = p["crop"][b, v].tolist()
-    br, co, sa, hu = p["color"][b, v].tolist()
-    return [f"crop y{y0:.2f} x{x0:.2f} h{h:.2f} w{w:.2f}",
-            f"flip {int(p['flip'][b, v, 0])} gray {int(p['gray'][b, v, 0])} "
-            f"sol {int(p['solarize'][b, v, 0])}",
-            f"b{br:.2f} c{co:.2f} s{sa:.2f} h{hu:+.2f}",
-            f"blur sigma {p['blur'][b, v, 0]:.2f}"]
+from pipelines.view_grid import draw
 
 
 def main(argv=None) -> int:
@@ -64,21 +54,8 @@ def main(argv=None) -> int:
         sources.append(np.asarray(open_rgb(data)))
     p = {k: t.cpu() for k, t in batch.params.items()}
     V, S = len(batch.raw), a.size
-    cell_w, cell_h, text_h = max(S, 180) + 8, S + 4, 52  # captions need ~180 px
-    grid = Image.new("RGB", ((V + 1) * cell_w + 8, len(batch) * (cell_h + text_h) + 8), "white")
-    draw = ImageDraw.Draw(grid)
-    for b in range(len(batch)):
-        y = 4 + b * (cell_h + text_h)
-        src = Image.fromarray(sources[b])
-        src.thumbnail((S, S))
-        grid.paste(src, (4, y))
-        draw.text((4, y + S + 2), f"#{int(batch.index[b])} label {int(batch.labels[b])}",
-                  fill="black")
-        for v in range(V):
-            x = 4 + (v + 1) * cell_w
-            grid.paste(Image.fromarray(batch.raw[v][b].numpy()), (x, y))
-            for k, line in enumerate(_caption(p, b, v)):
-                draw.text((x, y + S + 2 + 12 * k), line, fill="black")
+    grid = draw([r.numpy() for r in batch.raw], p, len(batch), sources,
+                lambda b: f"#{int(batch.index[b])} label {int(batch.labels[b])}")
     grid.save(a.out)
     if a.npz:
         views = np.zeros((len(batch), V, S, S, 3), np.uint8)

@@ -45,7 +45,9 @@ class Config:
                       ["simsiam", "simclr", "moco", "byol", "swav", "supervised"])
     aux: str = opt("none", "auxiliary objective around the method",
                    ["none", "augself", "equimod"])
-    backbone: str = opt("resnet18", "backbone", ["resnet18", "resnet50", "small"])
+    backbone: str = opt("resnet18", "backbone: resnet18, resnet50 (torchvision), small (a "
+                        "CPU-sized ResNet) or timm:NAME (any timm model, classifier removed; "
+                        "e.g. timm:vit_small_patch16_224)")
     stem: str = opt("auto", "ResNet stem (auto: cifar when --size <= 64)",
                     ["auto", "imagenet", "cifar"])
     proj_hidden: int = opt(0, "projector hidden width (0: the method's default)")
@@ -98,6 +100,12 @@ class Config:
                           "in metrics.jsonl as damaged_samples) or stop (exit 1, naming it)",
                           ["skip", "stop"])
     progress: bool = opt(True, "progress bar")
+    tensorboard: bool = opt(True, "TensorBoard event files in RUN/tb (the metrics.jsonl "
+                            "quantities, and a picture of views with their parameters)")
+    wandb: str = opt("off", "Weights & Biases logging (needs the wandb package); offline "
+                     "writes RUN/wandb without a network", ["off", "offline", "online"])
+    view_grid_every: int = opt(5, "epochs between pictures of the views (with their "
+                               "parameters) in TensorBoard/W&B; 0: none")
 
     def augself_weights(self) -> dict[str, float]:
         return {k.removeprefix("augself_"): getattr(self, k) for k in self.__dataclass_fields__
@@ -107,7 +115,7 @@ class Config:
 # Fields a resumed run may change: they do not alter what is computed.
 # "out": a run folder may be moved and resumed where it now is.
 RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress", "out",
-                     "on_damaged", "max_bad_steps"}
+                     "on_damaged", "max_bad_steps", "tensorboard", "wandb", "view_grid_every"}
 
 
 def _types() -> dict[str, type]:
@@ -116,6 +124,14 @@ def _types() -> dict[str, type]:
 
 def from_dict(d: dict, where: str = "config") -> Config:
     """Strict: unknown keys and wrong types are errors naming ``where``."""
+    cfg = Config(**checked(d, where))
+    validate(cfg, where)
+    return cfg
+
+
+def checked(d: dict, where: str) -> dict:
+    """``d`` with known keys of the right types (ints accepted as floats), else
+    a ValueError naming ``where`` and the key; values are not validated here."""
     known = _types()
     unknown = sorted(set(d) - set(known))
     if unknown:
@@ -128,9 +144,7 @@ def from_dict(d: dict, where: str = "config") -> Config:
         if not ok:
             raise ValueError(f"{where}: {k} must be {t.__name__}, got {type(v).__name__} "
                              f"{v!r}")
-    cfg = Config(**d)
-    validate(cfg, where)
-    return cfg
+    return d
 
 
 def validate(cfg: Config, where: str = "config") -> None:
@@ -144,7 +158,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     for name in ("epochs", "batch_size", "size", "log_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
-    for name in ("max_steps", "ckpt_every", "workers", "small_size", "warmup_epochs"):
+    for name in ("max_steps", "ckpt_every", "workers", "small_size", "warmup_epochs",
+                 "view_grid_every"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{where}: {name} must be >= 0 (0: {_zero_means(name)})")
     if cfg.jitter:
@@ -153,6 +168,11 @@ def validate(cfg: Config, where: str = "config") -> None:
             parse_jitter(cfg.jitter)
         except ValueError as e:
             raise ValueError(f"{where}: jitter: {e}") from None
+    from trainer.models import BACKBONES
+    if cfg.backbone not in BACKBONES and not (cfg.backbone.startswith("timm:")
+                                              and len(cfg.backbone) > 5):
+        raise ValueError(f"{where}: backbone {cfg.backbone!r}: choose one of "
+                         f"{', '.join(BACKBONES)} or timm:NAME")
     if cfg.size < 8:
         raise ValueError(f"{where}: size {cfg.size} is too small for the backbones' strides; "
                          "use at least 8 (32 for CIFAR-size images)")
@@ -170,6 +190,11 @@ def check_environment(cfg: Config) -> None:
         if path and path != "-" and not (Path(path) / "manifest.json").is_file():
             raise ValueError(f"{where}: {name} {path}: no manifest.json there; expected a "
                              "folder written by tools/convert_dataset.py")
+    if cfg.backbone.startswith("timm:"):
+        from trainer.models import check_timm
+        check_timm(cfg.backbone.removeprefix("timm:"))
+    from trainer.watch import check
+    check(cfg.tensorboard, cfg.wandb)
     if cfg.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
@@ -191,7 +216,8 @@ def parser() -> argparse.ArgumentParser:
                     "torchrun --nproc_per_node=N -m trainer.run ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_debug(p)
-    p.add_argument("--config", help="JSON file of options (strict); the command line wins")
+    p.add_argument("--config", help="YAML or JSON file of options (strict; configs/ has the "
+                   "papers' recipes); the command line wins")
     for f in fields(Config):
         t = _types()[f.name]
         flag = "--" + f.name.replace("_", "-")
@@ -210,13 +236,12 @@ def from_argv(argv=None) -> Config:
     only RESUME_MAY_CHANGE may differ from it."""
     args = vars(parser().parse_args(argv))
     base: dict = {}
+    source = "command line"
     if args.get("config"):
         path = Path(args.pop("config"))
-        try:
-            base = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read the config ({e})") from None
-        from_dict(base, str(path))
+        source = f"{path} + command line"
+        # keys and types named by the file; values checked once merged below
+        base = checked(read_config_file(path), str(path))
     args.pop("config", None)
     if args.get("resume"):
         out = Path(args.get("out", base.get("out", Config.out)))
@@ -238,7 +263,23 @@ def from_argv(argv=None) -> Config:
                              f"resumed run keeps its config (may change: "
                              f"{', '.join(sorted(RESUME_MAY_CHANGE))})")
         return from_dict({**saved, **given}, str(saved_path))
-    return from_dict({**base, **args}, "command line")
+    return from_dict({**base, **args}, source)
+
+
+def read_config_file(path: Path) -> dict:
+    """A --config file: YAML (.yaml, .yml) or JSON, a mapping of options."""
+    parse, errors = json.loads, (ValueError,)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        parse, errors = yaml.safe_load, (ValueError, yaml.YAMLError)
+    try:
+        doc = parse(path.read_text())
+    except (OSError, UnicodeDecodeError, *errors) as e:
+        raise ValueError(f"{path}: cannot read the config ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: a config file holds a mapping of options, not "
+                         f"{type(doc).__name__}")
+    return doc
 
 
 def to_dict(cfg: Config) -> dict:

@@ -81,8 +81,39 @@ class SmallResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1)
 
 
+def check_timm(model: str) -> None:
+    """Before any work: timm is installed and knows ``model``."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"backbone timm:{model} needs the timm package (pip install timm)") \
+            from None
+    if not timm.is_model(model):
+        close = timm.list_models(f"*{model.split('_')[0]}*")[:8]
+        raise ValueError(f"backbone timm:{model}: timm has no such model"
+                         + (f" (similar: {', '.join(close)})" if close else ""))
+
+
+def _timm_backbone(model: str) -> tuple[nn.Module, int]:
+    """timm's ``model`` with its classifier removed (num_classes=0: pooled
+    features out). ViTs get dynamic_img_size: any input side that is a multiple
+    of the patch, the 224 px position table interpolated, so the exported
+    weights load into ``timm.create_model(model, num_classes=0)`` unchanged."""
+    import timm
+
+    check_timm(model)
+    kwargs = {}
+    if "vit" in model or "deit" in model:
+        kwargs["dynamic_img_size"] = True
+    net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
+    return net, net.num_features
+
+
 def build_backbone(name: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
-    """-> (module mapping (B, 3, H, W) to (B, F), F)."""
+    """-> (module mapping (B, 3, H, W) to (B, F), F). ``name``: one of BACKBONES
+    or timm:MODEL."""
+    if name.startswith("timm:"):
+        return _timm_backbone(name.removeprefix("timm:"))
     if name == "small":
         net = SmallResNet()
         return net, net.num_features

@@ -17,6 +17,7 @@ so a killed-and-resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -31,13 +32,14 @@ import torch
 from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
 from pipelines.checks import DamagedSample
+from pipelines.integrity import read_manifest
 from pipelines.recipe import parse_jitter
-from pipelines.records import Records
 from trainer import checkpoint, dist, optim, systems
 from trainer.build import build_objective
-from trainer.config import Config, check_environment, from_argv
+from trainer.config import Config, check_environment, from_argv, to_dict
 from trainer.models import backbone_state_dict
 from trainer.runlog import Metrics, progress_bar, write_config
+from trainer.watch import Watch
 
 
 def resolve_preset(cfg: Config) -> str:
@@ -45,7 +47,7 @@ def resolve_preset(cfg: Config) -> str:
 
 
 def num_classes(data: str) -> int:
-    return len(Records(data).manifest.get("classes") or [])
+    return len(read_manifest(Path(data)).get("classes") or [])
 
 
 def _state(objective, optimizer, scaler, step: int) -> dict:
@@ -204,10 +206,13 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                 "dtype": str(sysm.dtype).removeprefix("torch."), "world": env.world,
                 "steps_per_epoch": spe, "total_steps": total, "lr": lr,
                 "num_classes": classes}
-    metrics = None
+    metrics, watch = None, None
     if env.main:
         write_config(run_dir, cfg, resolved)
-        metrics = Metrics(run_dir, step if ck is not None else None)
+        watch = Watch(run_dir, cfg.tensorboard, cfg.wandb, step if ck is not None else None,
+                      {"config": to_dict(cfg), "resolved": resolved})
+        atexit.register(watch.close)  # event files flushed however the run ends
+        metrics = Metrics(run_dir, step if ck is not None else None, watch)
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
     ckpt_every = cfg.ckpt_every or spe
 
@@ -233,6 +238,9 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             # the lambda reads `step` when a damaged sample stops the run: the last
             # finished step, on purpose
             for batch in _checkpoint_on_damage(loader, lambda: save(step), cfg.out):  # noqa: B023
+                if watch is not None and step % spe == 0 and cfg.view_grid_every \
+                        and epoch % cfg.view_grid_every == 0:
+                    watch.views(batch, step)  # once every few epochs: a host copy is fine
                 cur_lr = optim.set_lr(optimizer, step, total, warmup)
                 out = train_step(model, objective, optimizer, sysm, batch, step,
                                  (step + 1) / total, check_finite=cfg.check_finite,
@@ -289,6 +297,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if env.main:
         checkpoint.save_atomic(backbone_state_dict(objective.method.backbone),
                                run_dir / "backbone.pt")
+        watch.close()
         if cfg.test_data:
             from trainer.evaluate import EvalConfig, evaluate_run
             # the quick tasks; tools/evaluate.py runs every one

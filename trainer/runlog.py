@@ -1,5 +1,6 @@
 """The run folder's records: config.json (resolved config, git sha, versions),
-metrics.jsonl (one JSON object per logged step), and the progress bar."""
+metrics.jsonl (one JSON object per logged step, passed on to TensorBoard/W&B:
+trainer/watch.py), and the progress bar."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ class Metrics:
     """Appends to metrics.jsonl; a resumed run first drops lines past its checkpoint
     so the file reads like one uninterrupted run."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, resume_step: int | None, watch=None):
+        self.path, self.watch = run_dir / "metrics.jsonl", watch  # trainer/watch.py
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
@@ -56,6 +57,8 @@ class Metrics:
                  for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
+        if self.watch is not None:
+            self.watch.scalars(clean)
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

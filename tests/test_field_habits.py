@@ -1,0 +1,121 @@
+"""What users of other SSL libraries expect: recipes as YAML/JSON files (strict
+like the command line), every shipped recipe builds, timm backbones (a ViT
+included) train and export into timm, TensorBoard events hold what
+metrics.jsonl holds, and embeddings come out equal to the backbone's output."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import from_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_yaml_and_json_configs_are_equal_and_equally_strict(tmp_path, small_dataset):
+    yaml = pytest.importorskip("yaml")
+    doc = {"method": "simclr", "aux": "equimod", "lr": 2, "batch_size": 64,
+           "jitter": "0.4,0.4,0.2,0.1", "compile": False, "data": str(small_dataset)}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    a = from_argv(["--config", str(tmp_path / "a.yaml")])
+    b = from_argv(["--config", str(tmp_path / "a.json")])
+    assert a == b and a.lr == 2.0 and a.aux == "equimod"
+    assert from_argv(["--config", str(tmp_path / "a.yaml"), "--lr", "0.5"]).lr == 0.5
+    for ext, dump in (("yaml", yaml.safe_dump), ("json", json.dumps)):
+        (tmp_path / f"bad.{ext}").write_text(dump({**doc, "lrr": 1}))
+        with pytest.raises(ValueError, match=rf"bad\.{ext}: unknown option\(s\) lrr"):
+            from_argv(["--config", str(tmp_path / f"bad.{ext}")])
+        (tmp_path / f"typed.{ext}").write_text(dump({**doc, "epochs": "ten"}))
+        with pytest.raises(ValueError, match=rf"typed\.{ext}: epochs must be int"):
+            from_argv(["--config", str(tmp_path / f"typed.{ext}")])
+    (tmp_path / "broken.yaml").write_text("method: [simclr\n")
+    with pytest.raises(ValueError, match="broken.yaml: cannot read the config"):
+        from_argv(["--config", str(tmp_path / "broken.yaml")])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_recipe_builds_its_objective(path, small_dataset):
+    from pipelines.recipe import preset
+    from trainer.build import build_objective
+    from trainer.run import resolve_preset
+
+    cfg = from_argv(["--config", str(path), "--data", str(small_dataset)])
+    assert "Source:" in path.read_text() or path.stem == "quick"  # provenance stated
+    recipe = preset(resolve_preset(cfg), cfg.size, cfg.small_size or None)
+    objective = build_objective(cfg, recipe, num_classes=10)
+    assert sum(p.numel() for p in objective.parameters()) > 0
+    assert type(objective.method).__name__.lower().startswith(cfg.method[:4])
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "resnet18"])
+def test_timm_backbone_trains_and_exports_into_timm(name, small_dataset, tmp_path):
+    timm = pytest.importorskip("timm")
+    from trainer import run
+
+    out = tmp_path / "run"
+    rc = run.main(["--data", str(small_dataset), "--out", str(out), "--backbone",
+                   f"timm:{name}", "--size", "32", "--batch-size", "16", "--max-steps", "5",
+                   "--epochs", "1", "--method", "simsiam", "--aux", "augself",
+                   "--proj-hidden", "64", "--proj-dim", "64", "--pred-hidden", "32",
+                   "--backend", "torchvision", "--workers", "0", "--device", "cpu",
+                   "--no-progress", "--log-every", "1", "--no-tensorboard"])
+    assert rc == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(np.isfinite(r["loss"]) for r in rows)
+    state = torch.load(out / "backbone.pt", weights_only=True)
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    model.load_state_dict(state, strict=True)
+
+
+def test_tensorboard_events_and_embeddings(small_dataset, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipelines.records import Records, open_rgb
+    from tools import embed
+    from trainer import run
+    from trainer.evaluate import load_backbone
+
+    out = tmp_path / "run"
+    rc = run.main(["--data", str(small_dataset), "--out", str(out), "--backbone", "small",
+                   "--size", "32", "--batch-size", "32", "--epochs", "2", "--workers", "0",
+                   "--device", "cpu", "--no-progress", "--log-every", "2",
+                   "--backend", "torchvision", "--view-grid-every", "1"])
+    assert rc == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    for key in ("loss", "lr", "images_per_s"):
+        got = [(e.step, e.value) for e in acc.Scalars(key)]
+        want = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert np.allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+    assert len(acc.Images("views")) == 2  # one per epoch
+
+    for ext in ("npy", "csv"):
+        assert embed.main([str(out), "--data", str(small_dataset), "--out",
+                           str(tmp_path / f"e.{ext}"), "--quiet"]) == 0
+    arr = np.load(tmp_path / "e.npy")
+    rec = Records(small_dataset)
+    assert len(arr) == len(rec) and (arr["index"] == np.arange(len(rec))).all()
+    assert (arr["label"] == rec.table()[:, 0]).all()
+    csv = np.loadtxt(tmp_path / "e.csv", delimiter=",", skiprows=1)
+    assert np.allclose(csv[:, 2:], arr["embedding"], rtol=1e-5, atol=1e-6)
+    # the reference: decode, resize the whole image bilinearly, normalise, forward
+    net, cfg, _ = load_backbone(out, "cpu")
+    net.eval()
+    from PIL import Image
+    ids = [0, 7, len(rec) - 1]
+    x = torch.stack([torch.from_numpy(np.asarray(
+        open_rgb(rec[i][0]).resize((cfg.size, cfg.size), Image.BILINEAR)).copy())
+        for i in ids]).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = net((x - mean) / std).numpy()
+    assert np.allclose(arr["embedding"][ids], want, rtol=1e-4, atol=1e-5)
