@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.recipe import preset, with_jitter
+from pipelines.recipe import Recipe, from_spec, preset, with_jitter
 
 BACKENDS = ("dali-gpu", "dali-cpu", "ffcv", "torchvision")
 
@@ -29,6 +29,7 @@ class LoaderConfig:
     small_size: int | None = None  # multi-crop small views (swav)
     jitter: tuple[float, float, float, float] | None = None  # every view's b, c, s, h
                                                               # strengths; None: the preset's
+    recipe: dict | None = None  # a recipe spec on top of the preset (recipe.from_spec)
     batch_size: int = 256
     seed: int = 0
     shuffle: bool = True
@@ -74,11 +75,19 @@ def resolve_backend(name: str) -> str:
     return backend
 
 
-def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
-    backend = resolve_backend(cfg.backend)
+def resolve_recipe(cfg: LoaderConfig) -> Recipe:
+    """The preset at the configured sizes, then the spec's settings, then --jitter."""
     recipe = preset(cfg.preset, cfg.size, cfg.small_size)
+    if cfg.recipe:
+        recipe = from_spec(cfg.recipe, recipe)
     if cfg.jitter is not None:
         recipe = with_jitter(recipe, cfg.jitter)
+    return recipe
+
+
+def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
+    backend = resolve_backend(cfg.backend)
+    recipe = resolve_recipe(cfg)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,
                   drop_last=cfg.drop_last, rank=cfg.rank, world=cfg.world, dtype=dtype,

@@ -107,3 +107,72 @@ def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     small = small_size or max(8, round(size * 96 / 224))
     return PRESETS[name](size, small)
+
+
+# Fields of a ViewRecipe a recipe spec may set, with how many numbers each takes.
+_VIEW_FIELDS = {"size": 1, "scale": 2, "ratio": 2, "flip_p": 1, "jitter": 4, "jitter_p": 1,
+                "gray_p": 1, "blur_p": 1, "blur_sigma": 2, "solarize_p": 1}
+
+
+def _view_overrides(d: dict, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping of view settings, got {d!r}")
+    unknown = sorted(set(d) - set(_VIEW_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown view setting(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(_VIEW_FIELDS)}")
+    out = {}
+    for k, v in d.items():
+        n = _VIEW_FIELDS[k]
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        if len(vals) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                     for x in vals):
+            raise ValueError(f"{where}: {k} takes {n} number{'s' if n > 1 else ''}, got {v!r}")
+        if k.endswith("_p") and not 0 <= vals[0] <= 1:
+            raise ValueError(f"{where}: {k} is a probability in [0, 1], got {vals[0]}")
+        if k == "size" and (int(vals[0]) != vals[0] or vals[0] < 8):
+            raise ValueError(f"{where}: size must be a whole number of pixels >= 8, got {v}")
+        if k in ("scale", "ratio", "blur_sigma") and not 0 < vals[0] <= vals[1]:
+            raise ValueError(f"{where}: {k} must be [low, high] with 0 < low <= high, got {v}")
+        if k == "jitter":
+            parse_jitter(",".join(str(x) for x in vals))
+        out[k] = int(vals[0]) if k == "size" else (float(vals[0]) if n == 1
+                                                  else tuple(float(x) for x in vals))
+    return out
+
+
+def from_spec(spec: dict, base: Recipe, where: str = "recipe") -> Recipe:
+    """A recipe written as data (a config file's ``recipe:``) on top of ``base``:
+
+        all:   {view settings}            applied to every view
+        views: [{view settings}, ...]     one per view (their count sets the view
+                                          count: a list longer than the base's
+                                          repeats its last view)
+
+    View settings are ViewRecipe's fields (size, scale, ratio, flip_p, jitter,
+    jitter_p, gray_p, blur_p, blur_sigma, solarize_p); unknown keys and bad values
+    are errors naming ``where`` and the key."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a mapping with 'all' and/or 'views'")
+    unknown = sorted(set(spec) - {"all", "views"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; use all and/or views")
+    views = list(base.views)
+    common = _view_overrides(spec.get("all", {}), f"{where}.all")
+    views = [replace(v, **common) for v in views]
+    per = spec.get("views")
+    if per is not None:
+        if not isinstance(per, list) or not per:
+            raise ValueError(f"{where}.views: expected a non-empty list of view settings")
+        views = [replace(views[min(i, len(views) - 1)],
+                         **_view_overrides(d, f"{where}.views[{i}]"))
+                 for i, d in enumerate(per)]
+    return replace(base, name=f"{base.name}+spec", views=tuple(views))
+
+
+def to_spec(recipe: Recipe) -> dict:
+    """Every view of ``recipe`` written out (the run folder's recipe.json)."""
+    from dataclasses import asdict
+    return {"name": recipe.name, "mean": list(recipe.mean), "std": list(recipe.std),
+            "views": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(w).items()}
+                      for w in recipe.views]}

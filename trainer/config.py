@@ -39,6 +39,10 @@ class Config:
     jitter: str = opt("", "colour jitter of every view as B,C,S,H: brightness, contrast and "
                       "saturation factors in [1-x, 1+x], hue shift in [-H, H] turns (H <= "
                       "0.5); empty: the preset's (augself 0.4,0.4,0.4,0.1)")
+    recipe: dict | None = opt(None, "your own augmentation recipe on top of --preset (best "
+                              "in a --config file): {all: {view settings}, views: [{view "
+                              "settings}, ...]}; settings: size, scale, ratio, flip_p, jitter, "
+                              "jitter_p, gray_p, blur_p, blur_sigma, solarize_p (README)")
     workers: int = opt(2, "loader worker processes / threads")
     # model and method
     method: str = opt("simsiam", "SSL method",
@@ -142,8 +146,8 @@ def checked(d: dict, where: str) -> dict:
         if t is float and isinstance(v, int) and not isinstance(v, bool):
             ok, d = True, {**d, k: float(v)}
         if not ok:
-            raise ValueError(f"{where}: {k} must be {t.__name__}, got {type(v).__name__} "
-                             f"{v!r}")
+            name = getattr(t, "__name__", str(t))
+            raise ValueError(f"{where}: {k} must be {name}, got {type(v).__name__} {v!r}")
     return d
 
 
@@ -173,6 +177,13 @@ def validate(cfg: Config, where: str = "config") -> None:
                                               and len(cfg.backbone) > 5):
         raise ValueError(f"{where}: backbone {cfg.backbone!r}: choose one of "
                          f"{', '.join(BACKBONES)} or timm:NAME")
+    if cfg.recipe is not None:
+        from pipelines.recipe import from_spec, preset
+        base = preset(cfg.preset if cfg.preset != "auto" else "augself", max(cfg.size, 8))
+        try:
+            from_spec(cfg.recipe, base)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     if cfg.size < 8:
         raise ValueError(f"{where}: size {cfg.size} is too small for the backbones' strides; "
                          "use at least 8 (32 for CIFAR-size images)")
@@ -225,10 +236,22 @@ def parser() -> argparse.ArgumentParser:
                   f" (default: {f.default!r})")
         if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == "recipe":
+            p.add_argument(flag, type=_json_mapping, metavar="JSON", **kw)
         else:
             p.add_argument(flag, type=t, choices=f.metadata.get("choices"), metavar=t.__name__.upper()
                            if not f.metadata.get("choices") else None, **kw)
     return p
+
+
+def _json_mapping(text: str) -> dict:
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return doc
 
 
 def from_argv(argv=None) -> Config:

@@ -33,7 +33,7 @@ from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
 from pipelines.checks import DamagedSample
 from pipelines.integrity import read_manifest
-from pipelines.recipe import parse_jitter
+from pipelines.recipe import parse_jitter, to_spec
 from trainer import checkpoint, dist, optim, systems
 from trainer.build import build_objective
 from trainer.config import Config, check_environment, from_argv, to_dict
@@ -181,7 +181,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     loader = build_loader(LoaderConfig(
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
-        jitter=parse_jitter(cfg.jitter) if cfg.jitter else None,
+        jitter=parse_jitter(cfg.jitter) if cfg.jitter else None, recipe=cfg.recipe,
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
         device=str(sysm.device), on_damaged=cfg.on_damaged), dtype=sysm.dtype)
     classes = num_classes(cfg.data)
@@ -209,6 +209,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     metrics, watch = None, None
     if env.main:
         write_config(run_dir, cfg, resolved)
+        checkpoint.write_text_atomic(run_dir / "recipe.json",  # every view, as trained
+                                     json.dumps(to_spec(loader.recipe), indent=1) + "\n")
         watch = Watch(run_dir, cfg.tensorboard, cfg.wandb, step if ck is not None else None,
                       {"config": to_dict(cfg), "resolved": resolved})
         atexit.register(watch.close)  # event files flushed however the run ends
