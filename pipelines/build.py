@@ -63,16 +63,40 @@ def available() -> list[str]:
     return out
 
 
-def resolve_backend(name: str) -> str:
-    """"auto" -> the best backend here; any other name is checked and returned."""
-    backend = available()[0] if name == "auto" else name
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+def readable(data: str) -> list[str]:
+    """The backends that can read the dataset in ``data``: the DALI loaders and
+    torchvision read records/, FFCV reads data.beton (a dataset converted with
+    --no-records or --no-beton has only one of them)."""
+    from pathlib import Path
+
+    from pipelines.integrity import read_manifest
+    outputs = read_manifest(Path(data))["outputs"]
+    return [b for b in BACKENDS if (outputs.get("beton") if b == "ffcv"
+                                    else outputs.get("records"))]
+
+
+def resolve_backend(name: str, data: str | None = None) -> str:
+    """"auto" -> the best backend here (that can read ``data`` when given); any
+    other name is checked and returned."""
+    here = available()
+    usable = [b for b in here if b in readable(data)] if data else here
+    if name == "auto":
+        if not usable:
+            raise RuntimeError(f"{data}: no backend here reads this dataset (it has "
+                               f"{' and '.join(readable(data)) or 'nothing'}; installed: "
+                               f"{', '.join(here)})")
+        return usable[0]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} "
                          "or auto")
-    if backend not in available():
-        raise RuntimeError(f"backend {backend!r} is not available here (have: "
-                           f"{', '.join(available())})")
-    return backend
+    if name not in here:
+        raise RuntimeError(f"backend {name!r} is not available here (have: {', '.join(here)})")
+    if data and name not in usable:
+        what = "data.beton (converted with --no-beton)" if name == "ffcv" else \
+            "records/ (converted with --no-records)"
+        raise ValueError(f"{data}: has no {what}; use --backend "
+                         f"{' or '.join(usable) or 'auto'}, or re-convert")
+    return name
 
 
 def resolve_recipe(cfg: LoaderConfig) -> Recipe:
@@ -86,7 +110,7 @@ def resolve_recipe(cfg: LoaderConfig) -> Recipe:
 
 
 def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
-    backend = resolve_backend(cfg.backend)
+    backend = resolve_backend(cfg.backend, cfg.data)
     recipe = resolve_recipe(cfg)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,

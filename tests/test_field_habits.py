@@ -119,3 +119,51 @@ def test_tensorboard_events_and_embeddings(small_dataset, tmp_path):
     with torch.no_grad():
         want = net((x - mean) / std).numpy()
     assert np.allclose(arr["embedding"][ids], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("drop", ["--no-records", "--no-beton"])
+def test_dataset_converted_one_way_trains_and_evaluates(drop, tmp_path):
+    from conftest import HAVE_FFCV
+
+    from pipelines.build import resolve_backend
+    from tools import convert_dataset, make_synthetic
+    from trainer import run
+    from trainer.evaluate import EvalConfig, evaluate_run
+
+    if drop == "--no-records" and not HAVE_FFCV:
+        pytest.skip("a .beton-only dataset needs ffcv to train")
+    make_synthetic.generate(tmp_path / "img", (32, 32), 64, 32, seed=3, quiet=True)
+    for split in ("train", "test"):
+        assert convert_dataset.main([str(tmp_path / "img"), "--split", split, "--out",
+                                     str(tmp_path / split), "--quiet", drop]) == 0
+    data = str(tmp_path / "train")
+    want = "ffcv" if drop == "--no-records" else None
+    got = resolve_backend("auto", data)
+    assert got == want if want else got != "ffcv"
+    if want or HAVE_FFCV:  # naming the backend the dataset lacks is refused, named
+        with pytest.raises(ValueError, match="has no"):
+            resolve_backend("torchvision" if want else "ffcv", data)
+    out = tmp_path / "run"
+    assert run.main(["--data", data, "--out", str(out), "--backbone", "small", "--size", "16",
+                     "--batch-size", "16", "--max-steps", "3", "--epochs", "1", "--workers",
+                     "1", "--device", "cpu", "--no-progress", "--no-tensorboard"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resolved"]["num_classes"] == 60  # from the manifest
+    res = evaluate_run(out, data, str(tmp_path / "test"), "cpu",
+                       EvalConfig(tasks=("knn",), progress=False))
+    assert 0 <= res["knn"]["class"]["top1"] <= 1
+
+
+def test_images_from_the_beton_equal_those_from_the_records(small_dataset):
+    pytest.importorskip("ffcv")
+    from pipelines.images import Images
+
+    from_records = Images(small_dataset)
+    from_beton = Images(small_dataset)
+    from_beton._records = None
+    from_beton._open_beton()  # small_dataset's .beton is raw: the same pixels
+    assert len(from_beton) == len(from_records)
+    for i in (0, 5, len(from_records) - 1):
+        a, la = from_records[i]
+        b, lb = from_beton[i]
+        assert la == lb and np.array_equal(a, b)

@@ -171,7 +171,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         raise FileNotFoundError(f"--resume: {run_dir / checkpoint.NAME} does not exist, so "
                                 "there is nothing to resume (nothing was changed in the "
                                 "folder); start a new run with another --out")
-    backend = resolve_backend(cfg.backend)
+    backend = resolve_backend(cfg.backend, cfg.data)
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for p in checkpoint.remove_stale(run_dir):

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.images import Images
 from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
-from pipelines.records import Records, open_rgb
 from trainer.checkpoint import save_atomic
 from trainer.probes.color import histograms
 
@@ -53,7 +53,7 @@ def extract(backbone: torch.nn.Module, data: str, size: int, device="cpu", batch
             progress: bool = True) -> Split:
     from tqdm import tqdm
 
-    rec = Records(data)
+    rec = Images(data)  # records, or the .beton of a dataset converted without them
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     backbone.eval()
@@ -63,8 +63,8 @@ def extract(backbone: torch.nn.Module, data: str, size: int, device="cpu", batch
     for lo in range(0, len(rec), batch):
         imgs = []
         for i in range(lo, min(lo + batch, len(rec))):
-            encoded, label, _ = rec[i]
-            im = open_rgb(encoded).resize((size, size), Image.BILINEAR)
+            rgb, label = rec[i]
+            im = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
             imgs.append(torch.from_numpy(np.asarray(im).copy()))
             labels.append(label)
         u8 = torch.stack(imgs).to(device)
