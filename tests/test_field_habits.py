@@ -52,7 +52,7 @@ def test_every_shipped_recipe_builds_its_objective(path, small_dataset):
     assert type(objective.method).__name__.lower().startswith(cfg.method[:4])
 
 
-@pytest.mark.parametrize("name", ["vit_small_patch16_224", "resnet18"])
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "resnet18", "convnext_tiny"])
 def test_timm_backbone_trains_and_exports_into_timm(name, small_dataset, tmp_path):
     timm = pytest.importorskip("timm")
     from trainer import run
@@ -167,3 +167,61 @@ def test_images_from_the_beton_equal_those_from_the_records(small_dataset):
         a, la = from_records[i]
         b, lb = from_beton[i]
         assert la == lb and np.array_equal(a, b)
+
+
+def test_wandb_gets_the_same_scalars_and_a_picture(tmp_path, monkeypatch):
+    """W&B is optional and not installed here: a stand-in module records what the
+    Watch sends it (the real package's init/log/Image/finish calls)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+
+    class Run:
+        def log(self, values, step):
+            calls.append((step, values))
+
+        def finish(self):
+            calls.append("finish")
+
+    fake.init = lambda **kw: calls.append(("init", kw["mode"])) or Run()
+    fake.Image = lambda array: ("image", array.shape)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from trainer.watch import Watch, check
+
+    check(False, "offline")
+    w = Watch(tmp_path, tensorboard=False, wandb="offline", resume_step=None, config={})
+    w.scalars({"step": 3, "loss": 1.5, "lr": 0.1, "probe_acc": None, "stopped": "x"})
+    B, V = 2, 2
+    params = {"crop": torch.rand(B, V, 4), "color": torch.rand(B, V, 4),
+              **{k: torch.zeros(B, V, 1) for k in ("flip", "gray", "solarize", "blur")}}
+    batch = types.SimpleNamespace(views=[torch.zeros(B, 3, 16, 16)] * V, params=params)
+    w.views(batch, 3)
+    w.close()
+    assert calls[0] == ("init", "offline")
+    assert calls[1] == (3, {"loss": 1.5, "lr": 0.1})  # nulls and strings left out
+    assert calls[2][0] == 3 and calls[2][1]["views"][0] == "image"
+    assert calls[-1] == "finish"
+    assert (tmp_path / "wandb-id").is_file()
+
+
+def test_plot_run_draws_every_logged_quantity_of_each_run(tmp_path):
+    from tools import plot_run
+
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "epoch": s / 4, "loss": scale / s, "lr": 0.1, "images_per_s": 50.0,
+                 "probe_acc": None} for s in range(1, 9)]
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    runs = {n: plot_run.read(tmp_path / n) for n in ("a", "b")}
+    assert plot_run.keys_of(runs) == ["loss", "lr", "images_per_s"]  # no step, epoch, nulls
+    out = tmp_path / "c.png"
+    assert plot_run.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    from PIL import Image
+    assert Image.open(out).size[0] > 3 * 400  # three panels side by side
+    with pytest.raises(ValueError, match="nothing to plot for nope"):
+        plot_run.main([str(tmp_path / "a"), "--out", str(out), "--keys", "nope"])
