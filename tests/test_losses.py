@@ -104,3 +104,57 @@ def test_swapped_prediction(z):
             terms.append(-(codes[i].numpy() * logp).sum(1).mean())
         total += sum(terms) / len(terms)
     assert losses.swapped_prediction(codes, scores, t).item() == pytest.approx(total, rel=1e-6)
+
+
+def naive_standardise(z):
+    n, d = z.shape
+    out = np.zeros_like(z)
+    for j in range(d):
+        col = z[:, j]
+        mean = sum(col) / n
+        var = sum((x - mean) ** 2 for x in col) / n
+        out[:, j] = (col - mean) / math.sqrt(var + 1e-5)
+    return out
+
+
+@pytest.mark.parametrize("lambd", [0.0051, 0.5])
+def test_barlow_twins(z, lambd):
+    a, b = naive_standardise(z[0].numpy()), naive_standardise(z[1].numpy())
+    n, d = a.shape
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(a[k, i] * b[k, j] for k in range(n)) / n
+            total += (1 - c) ** 2 if i == j else lambd * c ** 2
+    assert losses.barlow_twins(z[0], z[1], lambd).item() == pytest.approx(total, rel=1e-5)
+
+
+def test_vicreg(z):
+    a, b = z[0].numpy(), z[1].numpy()
+    n, d = a.shape
+    sim = sum((a[k, j] - b[k, j]) ** 2 for k in range(n) for j in range(d)) / (n * d)
+
+    def var(x):
+        out = 0.0
+        for j in range(d):
+            mean = sum(x[:, j]) / n
+            v = sum((x[k, j] - mean) ** 2 for k in range(n)) / (n - 1)
+            out += max(0.0, 1 - math.sqrt(v + 1e-4))
+        return out / d
+
+    def cov(x):
+        mean = x.mean(0)
+        out = 0.0
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    c = sum((x[k, i] - mean[i]) * (x[k, j] - mean[j]) for k in range(n)) / (n - 1)
+                    out += c ** 2
+        return out / d
+
+    want = 25 * sim + 25 * (var(a) + var(b)) + 1 * (cov(a) + cov(b))
+    assert losses.vicreg(z[0], z[1], 25, 25, 1).item() == pytest.approx(want, rel=1e-6)
+    # the variance hinge pushes small columns apart: its gradient is not zero there
+    small = (z[0] * 0.1).requires_grad_()
+    losses.vicreg(small, z[1] * 0.1, 0, 1, 0).backward()
+    assert small.grad.abs().sum() > 0

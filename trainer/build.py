@@ -22,7 +22,8 @@ def heads(cfg: Config, num_classes: int) -> Heads:
                  proj_layers=cfg.proj_layers, temperature=cfg.temperature,
                  momentum=cfg.target_momentum, queue_size=cfg.queue_size,
                  prototypes=cfg.prototypes, freeze_prototypes=cfg.freeze_prototypes,
-                 num_classes=num_classes)
+                 num_classes=num_classes, barlow_lambda=cfg.barlow_lambda,
+                 vicreg=tuple(float(x) for x in cfg.vicreg_coeffs.split(",")))
 
 
 def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:

@@ -46,7 +46,8 @@ class Config:
     workers: int = opt(2, "loader worker processes / threads")
     # model and method
     method: str = opt("simsiam", "SSL method",
-                      ["simsiam", "simclr", "moco", "byol", "swav", "supervised"])
+                      ["simsiam", "simclr", "moco", "byol", "swav", "barlow", "vicreg",
+                       "supervised"])
     aux: str = opt("none", "auxiliary objective around the method",
                    ["none", "augself", "equimod"])
     backbone: str = opt("resnet18", "backbone: resnet18, resnet50 (torchvision), small (a "
@@ -63,6 +64,9 @@ class Config:
     queue_size: int = opt(65536, "MoCo queue length")
     prototypes: int = opt(100, "SwAV prototypes")
     freeze_prototypes: int = opt(410, "SwAV: steps during which the prototypes stay frozen")
+    barlow_lambda: float = opt(0.0051, "Barlow Twins: weight of the off-diagonal terms")
+    vicreg_coeffs: str = opt("25,25,1", "VICReg: invariance, variance and covariance "
+                             "coefficients")
     augself_crop: float = opt(1.0, "AugSelf weight of the crop row (0 removes it)")
     augself_color: float = opt(1.0, "AugSelf weight of the colour row (paper: 1 on STL-10, "
                                "0.5 on ImageNet-100)")
@@ -184,6 +188,13 @@ def validate(cfg: Config, where: str = "config") -> None:
             from_spec(cfg.recipe, base)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
+    try:
+        coeffs = [float(x) for x in cfg.vicreg_coeffs.split(",")]
+    except ValueError:
+        coeffs = []
+    if len(coeffs) != 3 or min(coeffs) < 0:
+        raise ValueError(f"{where}: vicreg_coeffs {cfg.vicreg_coeffs!r}: expected three "
+                         "numbers >= 0, e.g. 25,25,1")
     if cfg.size < 8:
         raise ValueError(f"{where}: size {cfg.size} is too small for the backbones' strides; "
                          "use at least 8 (32 for CIFAR-size images)")

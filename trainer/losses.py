@@ -82,3 +82,52 @@ def swapped_prediction(codes: list[torch.Tensor], scores: list[torch.Tensor],
                  for v, s in enumerate(scores) if v != i]
         total = total + sum(terms) / len(terms)
     return total
+
+
+def _global_count(z: torch.Tensor) -> torch.Tensor:
+    return dist.all_reduce_sum(torch.full((), float(len(z)), device=z.device))
+
+
+def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each column to zero mean and unit variance over the *global* batch (biased
+    variance, as BatchNorm1d(affine=False) in training mode, which Barlow Twins'
+    reference code applies); the statistics carry gradient across ranks."""
+    n = _global_count(z)
+    mean = dist.sum_with_grad(z.sum(0)) / n
+    var = dist.sum_with_grad(((z - mean) ** 2).sum(0)) / n
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021, Eq. 1): C = Z1'^T Z2' / N, the
+    cross-correlation of the batch-standardised embeddings over the global
+    batch; loss = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2."""
+    z1, z2 = z1.float(), z2.float()
+    c = dist.sum_with_grad(_standardise(z1).t() @ _standardise(z2)) / _global_count(z1)
+    diag = torch.diagonal(c)
+    return (1 - diag).pow(2).sum() + lambd * (c.pow(2).sum() - diag.pow(2).sum())
+
+
+def _variance_term(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    # VICReg Eq. 1: hinge on the standard deviation of each dimension (unbiased)
+    std = torch.sqrt(z.var(dim=0) + eps)
+    return F.relu(gamma - std).mean()
+
+
+def _covariance_term(z: torch.Tensor) -> torch.Tensor:
+    # VICReg Eq. 3-4: off-diagonal squared covariances, summed, divided by d
+    n, d = z.shape
+    zc = z - z.mean(0)
+    cov = zc.t() @ zc / (n - 1)
+    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim: float, var: float,
+           cov: float) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022, Eq. 6): sim * MSE(Z, Z') + var * (v(Z) + v(Z'))
+    + cov * (c(Z) + c(Z')), with every term over the *global* batch (the
+    embeddings of all ranks gathered with gradient, as the reference code does);
+    the paper's coefficients are 25, 25, 1."""
+    z1, z2 = dist.gather_with_grad(z1.float()), dist.gather_with_grad(z2.float())
+    return (sim * F.mse_loss(z1, z2) + var * (_variance_term(z1) + _variance_term(z2))
+            + cov * (_covariance_term(z1) + _covariance_term(z2)))

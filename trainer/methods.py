@@ -40,6 +40,8 @@ class Heads:
     prototypes: int = 100       # SwAV
     freeze_prototypes: int = 410  # SwAV: steps with the prototypes' gradient dropped
     num_classes: int = 0        # supervised
+    barlow_lambda: float = 0.0051  # Barlow Twins' off-diagonal weight
+    vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0)  # VICReg: sim, var, cov
 
 
 def _pick(value, default):
@@ -207,6 +209,42 @@ class SwAV(Method):
             self.prototypes.weight.grad = None
 
 
+class BarlowTwins(Method):
+    """Zbontar et al. 2021. Projector F-8192-8192-8192 for ImageNet-size images
+    (3 layers, BN-ReLU between, none after the last), 2048-2048-2048 for small
+    ones; lambda 0.0051. Loss on the global batch (losses.barlow_twins)."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        width = 8192 if large_images else 2048
+        self.projector = mlp(features, _pick(h.proj_hidden, width), _pick(h.proj_dim, width),
+                             _pick(h.proj_layers, 3), last_bn=False)
+        self.lambd = h.barlow_lambda
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        z = [self.projector(f) for f in y]
+        return {"loss": losses.barlow_twins(z[0], z[1], self.lambd), "feats": y}
+
+
+class VICReg(Method):
+    """Bardes et al. 2022. Projector F-8192-8192-8192 for ImageNet-size images,
+    2048-2048-2048 for small ones; coefficients 25 (invariance), 25 (variance),
+    1 (covariance). Loss on the global batch (losses.vicreg)."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features)
+        width = 8192 if large_images else 2048
+        self.projector = mlp(features, _pick(h.proj_hidden, width), _pick(h.proj_dim, width),
+                             _pick(h.proj_layers, 3), last_bn=False)
+        self.coeffs = h.vicreg
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        z = [self.projector(f) for f in y]
+        return {"loss": losses.vicreg(z[0], z[1], *self.coeffs), "feats": y}
+
+
 class Supervised(Method):
     """Cross-entropy on the labels from every view (a baseline; -1 labels ignored)."""
 
@@ -224,4 +262,4 @@ class Supervised(Method):
 
 
 METHODS = {"simsiam": SimSiam, "simclr": SimCLR, "moco": MoCo, "byol": BYOL, "swav": SwAV,
-           "supervised": Supervised}
+           "barlow": BarlowTwins, "vicreg": VICReg, "supervised": Supervised}
