@@ -48,10 +48,61 @@ def _address_as_pointer(typingctx, addr):
     return sig, codegen
 
 
+_SHARED: dict = {}
+
+
+def _fix_ffcv_state_types() -> None:
+    """FFCV 1.0.2's memory managers build their state types as ``t = nb.uint8[::1];
+    t.mutable = False``: that mutates numba's *interned* array type, so every
+    numba dict keyed by ``uint8[::1]`` (or ``uint64[::1]``) compiled before sees
+    its keys' hashes change. Symptoms: "KeyError" in dispatcher finalizers, a
+    later compile failing in ``nopython_signatures``, and once a compile that
+    spun forever (the test suite under pytest-xdist, 2026-11-23). The same
+    types, built fresh with ``readonly=True``, mutate nothing."""
+    if _SHARED.get("fixed"):
+        return
+    import numba as nb
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    from ffcv.memory_managers.process_cache.manager import ProcessCacheManager
+
+    def ro(dtype, dims="1"):
+        return nb.types.Array(dtype, 1 if dims == "1" else 2, "C", readonly=True)
+
+    OSCacheManager.state_type = property(
+        lambda self: nb.types.Tuple([ro(nb.uint8), nb.uint64[::1], nb.uint64[::1]]))
+
+    def compile_reader(self):  # FFCV's, with the read-only return type it meant
+        from ffcv.pipeline.compiler import Compiler
+
+        def read(address, mem_state):
+            size = mem_state[2][np.searchsorted(mem_state[1], address)]
+            return mem_state[0][address:address + size]
+
+        return Compiler.compile(read, ro(nb.uint8)(nb.uint64, self.state_type))
+
+    OSCacheManager.compile_reader = compile_reader
+    ProcessCacheManager.state_type = property(
+        lambda self: nb.types.Tuple([ro(nb.uint8, "2"), ro(nb.uint64), ro(nb.uint64),
+                                     ro(nb.uint32)]))
+    _SHARED["fixed"] = True
+
+
+def _shared_kernels():
+    """imdecode, resize_crop and the crop-box draw, compiled once per process and
+    shared by every loader instead of compiled again for each (FFCV's habit):
+    one compile per process. Safe once FFCV's state types no longer mutate
+    numba's interned types (``_fix_ffcv_state_types``)."""
+    if "kernels" not in _SHARED:
+        from ffcv.libffcv import imdecode, resize_crop
+        from ffcv.pipeline.compiler import Compiler
+        _SHARED["kernels"] = (Compiler.compile(imdecode), Compiler.compile(resize_crop),
+                              Compiler.compile(make_crop_box(numba.njit(counter_rng.uniform_np))))
+    return _SHARED["kernels"]
+
+
 def _multiview_op_class():
     """Defined lazily so that importing pipelines/ never requires ffcv."""
     from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
-    from ffcv.libffcv import imdecode, resize_crop
     from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
 
@@ -91,9 +142,7 @@ def _multiview_op_class():
             jpg = IMAGE_MODES["jpg"]
             mem_read = self.memory_read
             my_range = Compiler.get_iterator()
-            imdecode_c = Compiler.compile(imdecode)
-            resize_crop_c = Compiler.compile(resize_crop)
-            crop_box_c = Compiler.compile(make_crop_box(numba.njit(counter_rng.uniform_np)))
+            imdecode_c, resize_crop_c, crop_box_c = _shared_kernels()
             draw_rest, render_view = photometric_cpu.draw_rest, photometric_cpu.render_view
             render, scratch = self.render, photometric_cpu.scratch_size(self.smax)
             rows_addr, rows_shape = self.rows_cell.ctypes.data, self.rows_cell.shape
@@ -111,6 +160,8 @@ def _multiview_op_class():
                 # dispatchers typed with literals from several threads raced, in a test).
                 cell = numba.carray(_address_as_pointer(epoch_addr), (2,), np.int64)
                 epoch, seed = cell[0], cell[1]
+                zero, one = np.uint32(cell[0] * 0), np.uint32(cell[0] * 0 + 1)
+                no = cell[0] != cell[0]
                 rows = numba.carray(_address_as_pointer(rows_addr), rows_shape, np.float64)
                 crcs = numba.carray(_address_as_pointer(crcs_addr), (n_crcs,), np.uint32)
                 for dst in my_range(len(batch_indices)):
@@ -124,8 +175,12 @@ def _multiview_op_class():
                     height, width = np.uint32(field["height"]), np.uint32(field["width"])
                     if field["mode"] == jpg:
                         buf = temp[dst]
-                        imdecode_c(data, buf, height, width, height, width, 0, 0, 1, 1,
-                                   False, False)
+                        # offsets 0, scale 1/1, no DCT trick, no flip: passed as
+                        # typed values, not literals (numba 0.68 corrupts the overload
+                        # table of a dispatcher called with Literal[int]/[bool] args,
+                        # and a later compile calling it then fails or spins)
+                        imdecode_c(data, buf, height, width, height, width, zero, zero,
+                                   one, one, no, no)
                         image = buf.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                     else:
                         image = data.reshape(height, width, 3)
@@ -218,6 +273,8 @@ class FfcvLoader(EpochLoader):
                  compile: bool = False, stage: str = "auto", on_damaged: str = "skip"):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
+
+        _fix_ffcv_state_types()
 
         path, crcs, self.sample_ptr = open_beton(Path(data_dir))
         self.path = path

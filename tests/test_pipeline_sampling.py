@@ -178,6 +178,7 @@ def test_ffcv_op_decodes_once_whatever_the_views(tmp_path, monkeypatch):
     import ffcv.libffcv
     import numba
 
+    from pipelines import loader_ffcv
     from pipelines.loader_ffcv import _address_as_pointer
     from tools import convert_dataset, make_synthetic
 
@@ -187,20 +188,30 @@ def test_ffcv_op_decodes_once_whatever_the_views(tmp_path, monkeypatch):
     count = np.zeros(1, dtype=np.int64)
     addr = count.ctypes.data
     original = ffcv.libffcv.imdecode
-    for name, views in (("augself", 2), ("swav", 8)):
-        # Fresh dispatchers per loader, as FFCV compiles its own: one numba
-        # dispatcher typed from two loaders' threads raced (a KeyError in numba).
-        real = numba.njit(original)
+    # The op's kernels are compiled once per process (loader_ffcv._shared_kernels):
+    # set them aside so that each loader here compiles the counting decoder, and
+    # restore them after (a cached counting kernel would write to freed memory).
+    saved = loader_ffcv._SHARED.pop("kernels", None)
+    try:
+        for name, views in (("augself", 2), ("swav", 8)):
+            real = numba.njit(original)
 
-        def counting(source, dst, sh, sw, ch, cw, ox, oy, num, den, crop, flip, real=real):
-            numba.carray(_address_as_pointer(addr), (1,), np.int64)[0] += 1
-            return real(source, dst, sh, sw, ch, cw, ox, oy, num, den, crop, flip)
+            def counting(source, dst, sh, sw, ch, cw, ox, oy, num, den, crop, flip,
+                         real=real):
+                numba.carray(_address_as_pointer(addr), (1,), np.int64)[0] += 1
+                return real(source, dst, sh, sw, ch, cw, ox, oy, num, den, crop, flip)
 
-        monkeypatch.setattr(ffcv.libffcv, "imdecode", counting)
-        count[0] = 0
-        loader = build_loader(_cfg(tmp_path / "conv", "ffcv", preset=name, size=24,
-                                   small_size=12, batch_size=8, workers=1, keep_raw=False))
-        loader.set_epoch(0)
-        batches = list(loader)
-        assert len(batches) == 2 and len(batches[0].views) == views
-        assert count[0] == 16, (name, count[0])
+            monkeypatch.setattr(ffcv.libffcv, "imdecode", counting)
+            loader_ffcv._SHARED.pop("kernels", None)
+            count[0] = 0
+            loader = build_loader(_cfg(tmp_path / "conv", "ffcv", preset=name, size=24,
+                                       small_size=12, batch_size=8, workers=1,
+                                       keep_raw=False))
+            loader.set_epoch(0)
+            batches = list(loader)
+            assert len(batches) == 2 and len(batches[0].views) == views
+            assert count[0] == 16, (name, count[0])
+    finally:
+        loader_ffcv._SHARED.pop("kernels", None)
+        if saved is not None:
+            loader_ffcv._SHARED["kernels"] = saved
