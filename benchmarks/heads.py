@@ -30,7 +30,7 @@ from trainer.build import build_objective
 from trainer.config import Config
 from trainer.dist import Env
 
-VARIANTS = ("none", "augself", "equimod")
+VARIANTS = ("none", "augself", "equimod", "condproj")
 
 
 class FakeBatch:

@@ -55,6 +55,11 @@ def check(params: dict[str, torch.Tensor], batch: int, views: int) -> None:
                              f"{(batch, views, width)}")
 
 
+def flat(params: dict[str, torch.Tensor], v: int) -> torch.Tensor:
+    """View v's parameters as one (B, WIDTH) row per sample, in FIELDS order."""
+    return torch.cat([params[k][:, v] for k in FIELDS], dim=1)
+
+
 def view(params: dict[str, torch.Tensor], b: int, v: int) -> dict[str, torch.Tensor]:
     """The parameters of one view (sample b, view v): field -> (width,)."""
     return {k: t[b, v] for k, t in params.items()}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipelines.params import identity
+from pipelines.params import flat, identity
 from pipelines.recipe import preset
 from trainer import augself, equimod
 from trainer.augself import AugSelf
@@ -206,7 +206,7 @@ def test_equimod_loss_matches_naive_infonce():
     params = {k: torch.cat([v, v[:1]]) for k, v in params.items()}  # 4 samples
     got = m([f1, f2], B(params))["loss"].item()
     y1, y2 = m.projector(f1), m.projector(f2)
-    p1, p2 = equimod.flat_params(params, 0), equimod.flat_params(params, 1)
+    p1, p2 = flat(params, 0), flat(params, 1)
     # predicted embedding of view b from (y_a, embed([p_a, p_b])), both orders
     pred = [m.predictor(torch.cat([y1, m.embed(torch.cat([p1, p2], 1))], 1)),
             m.predictor(torch.cat([y2, m.embed(torch.cat([p2, p1], 1))], 1))]

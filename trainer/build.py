@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from pipelines.recipe import Recipe
-from trainer import augself, equimod
+from trainer import augself, condproj, equimod
 from trainer.config import Config
 from trainer.methods import METHODS, Heads
 from trainer.models import build_backbone
@@ -36,7 +36,9 @@ def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:
     elif cfg.aux == "equimod":
         aux = equimod.EquiMod(features, temperature=cfg.equimod_temperature,
                               weight=cfg.equimod_weight)
-    else:
+    else:  # none, or condproj: no loss of its own, the method's projector is conditioned
         aux = None
+    if cfg.aux == "condproj":
+        condproj.install(method)
     probe = LinearProbe(features, num_classes) if cfg.probe and num_classes > 1 else None
     return Objective(method, aux, probe)

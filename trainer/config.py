@@ -48,8 +48,10 @@ class Config:
     method: str = opt("simsiam", "SSL method",
                       ["simsiam", "simclr", "moco", "byol", "swav", "barlow", "vicreg",
                        "supervised"])
-    aux: str = opt("none", "auxiliary objective around the method",
-                   ["none", "augself", "equimod"])
+    aux: str = opt("none", "auxiliary objective around the method: augself (predict the "
+                   "parameters' difference), equimod (equivariant latent), condproj (the "
+                   "projector is told each view's parameters, after CASSLE)",
+                   ["none", "augself", "equimod", "condproj"])
     backbone: str = opt("resnet18", "backbone: resnet18, resnet50 (torchvision), small (a "
                         "CPU-sized ResNet) or timm:NAME (any timm model, classifier removed; "
                         "e.g. timm:vit_small_patch16_224)")

@@ -22,14 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipelines.params import FIELDS, WIDTH
+from pipelines.params import WIDTH, flat
 from trainer import losses
 from trainer.models import mlp
-
-
-def flat_params(params: dict[str, torch.Tensor], v: int) -> torch.Tensor:
-    """View v's parameters as one (B, 12) row, in schema order."""
-    return torch.cat([params[k][:, v] for k in FIELDS], dim=1)
 
 
 class EquiMod(nn.Module):
@@ -46,7 +41,7 @@ class EquiMod(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], batch) -> dict[str, torch.Tensor]:
         y1, y2 = self.projector(feats[0]), self.projector(feats[1])
-        p1, p2 = flat_params(batch.params, 0), flat_params(batch.params, 1)
+        p1, p2 = flat(batch.params, 0), flat(batch.params, 1)
         pairs = torch.cat([torch.cat([p1, p2], 1), torch.cat([p2, p1], 1)], 0)
         # Parameters are float32 (the Batch contract), the embedding's weights too
         # but in an fp64 reference run: take the weights' dtype.

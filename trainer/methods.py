@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.params import flat
 from trainer import dist, losses
 from trainer.models import mlp
 
@@ -53,6 +54,14 @@ class Method(nn.Module):
         super().__init__()
         self.backbone, self.features = backbone, features
 
+    def project(self, f, batch, v: int):
+        """The projector on view v's features; a conditioned projector
+        (trainer/condproj.py) also gets view v's parameters."""
+        return _project(self.projector, f, batch, v)
+
+    def project_target(self, f, batch, v: int):
+        return _project(self.target_projector, f, batch, v)
+
     def encode(self, views):
         # One backbone call per view, as the reference code does: BN statistics
         # stay per view (concatenating views would mix them).
@@ -66,6 +75,13 @@ class Method(nn.Module):
 
     def after_step(self, progress: float) -> None:
         pass
+
+
+def _project(projector, f, batch, v: int):
+    from trainer.condproj import Conditioned
+    if isinstance(projector, Conditioned):
+        return projector(f, flat(batch.params, v))
+    return projector(f)
 
 
 def _momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
@@ -94,7 +110,7 @@ class SimSiam(Method):
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
-        z = [self.projector(f) for f in y]
+        z = [self.project(f, batch, v) for v, f in enumerate(y)]
         p = [self.predictor(f) for f in z]
         loss = 0.5 * (losses.negative_cosine(p[0], z[1]) + losses.negative_cosine(p[1], z[0]))
         return {"loss": loss, "feats": y}
@@ -111,7 +127,7 @@ class SimCLR(Method):
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
-        z = [self.projector(f) for f in y]
+        z = [self.project(f, batch, v) for v, f in enumerate(y)]
         return {"loss": losses.nt_xent(z[0], z[1], self.temperature), "feats": y}
 
 
@@ -134,9 +150,10 @@ class MoCo(Method):
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
-        q = F.normalize(self.projector(y[0]), dim=1)
+        q = F.normalize(self.project(y[0], batch, 0), dim=1)
         with torch.no_grad():
-            k = F.normalize(self.target_projector(self.target_backbone(batch.views[1])), dim=1)
+            k = F.normalize(self.project_target(self.target_backbone(batch.views[1]), batch, 1),
+                            dim=1)
         loss = losses.moco_infonce(q, k, self.queue.clone(), self.temperature)
         with torch.no_grad():
             keys = dist.gather(k.to(self.queue.dtype))  # bf16 keys into the fp32 queue
@@ -166,9 +183,10 @@ class BYOL(Method):
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
-        p = [self.predictor(self.projector(f)) for f in y]
+        p = [self.predictor(self.project(f, batch, v)) for v, f in enumerate(y)]
         with torch.no_grad():
-            t = [self.target_projector(self.target_backbone(v)) for v in batch.views[:2]]
+            t = [self.project_target(self.target_backbone(x), batch, v)
+                 for v, x in enumerate(batch.views[:2])]
         loss = losses.byol_regression(p[0], t[1]) + losses.byol_regression(p[1], t[0])
         return {"loss": loss, "feats": y}
 
@@ -199,7 +217,8 @@ class SwAV(Method):
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         y = self.encode(batch.views)
-        scores = [self.prototypes(F.normalize(self.projector(f), dim=1)) for f in y]
+        scores = [self.prototypes(F.normalize(self.project(f, batch, v), dim=1))
+                  for v, f in enumerate(y)]
         codes = [losses.sinkhorn(s.detach(), 0.05, 3) for s in scores[:2]]
         loss = losses.swapped_prediction(codes, scores, self.temperature)
         return {"loss": loss, "feats": y}
@@ -223,7 +242,7 @@ class BarlowTwins(Method):
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
-        z = [self.projector(f) for f in y]
+        z = [self.project(f, batch, v) for v, f in enumerate(y)]
         return {"loss": losses.barlow_twins(z[0], z[1], self.lambd), "feats": y}
 
 
@@ -241,7 +260,7 @@ class VICReg(Method):
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
-        z = [self.projector(f) for f in y]
+        z = [self.project(f, batch, v) for v, f in enumerate(y)]
         return {"loss": losses.vicreg(z[0], z[1], *self.coeffs), "feats": y}
 
 
