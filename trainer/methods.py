@@ -228,40 +228,45 @@ class SwAV(Method):
             self.prototypes.weight.grad = None
 
 
-class BarlowTwins(Method):
-    """Zbontar et al. 2021. Projector F-8192-8192-8192 for ImageNet-size images
-    (3 layers, BN-ReLU between, none after the last), 2048-2048-2048 for small
-    ones; lambda 0.0051. Loss on the global batch (losses.barlow_twins)."""
+class _Decorrelating(Method):
+    """Barlow Twins and VICReg: no predictor, no target; a wide 3-layer projector
+    (F-8192-8192-8192 for ImageNet-size views, 2048 wide for small ones, BN-ReLU
+    between layers, none after the last) and a loss on the global batch of the
+    two views' embeddings, ``self.loss(z1, z2)``."""
 
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
         width = 8192 if large_images else 2048
         self.projector = mlp(features, _pick(h.proj_hidden, width), _pick(h.proj_dim, width),
                              _pick(h.proj_layers, 3), last_bn=False)
+
+    def forward(self, batch):
+        y = self.encode(batch.views[:2])
+        z = [self.project(f, batch, v) for v, f in enumerate(y)]
+        return {"loss": self.loss(z[0], z[1]), "feats": y}
+
+
+class BarlowTwins(_Decorrelating):
+    """Zbontar et al. 2021: lambda 0.0051 (losses.barlow_twins)."""
+
+    def __init__(self, backbone, features, h: Heads, large_images: bool):
+        super().__init__(backbone, features, h, large_images)
         self.lambd = h.barlow_lambda
 
-    def forward(self, batch):
-        y = self.encode(batch.views[:2])
-        z = [self.project(f, batch, v) for v, f in enumerate(y)]
-        return {"loss": losses.barlow_twins(z[0], z[1], self.lambd), "feats": y}
+    def loss(self, z1, z2):
+        return losses.barlow_twins(z1, z2, self.lambd)
 
 
-class VICReg(Method):
-    """Bardes et al. 2022. Projector F-8192-8192-8192 for ImageNet-size images,
-    2048-2048-2048 for small ones; coefficients 25 (invariance), 25 (variance),
-    1 (covariance). Loss on the global batch (losses.vicreg)."""
+class VICReg(_Decorrelating):
+    """Bardes et al. 2022: coefficients 25 (invariance), 25 (variance), 1
+    (covariance) (losses.vicreg)."""
 
     def __init__(self, backbone, features, h: Heads, large_images: bool):
-        super().__init__(backbone, features)
-        width = 8192 if large_images else 2048
-        self.projector = mlp(features, _pick(h.proj_hidden, width), _pick(h.proj_dim, width),
-                             _pick(h.proj_layers, 3), last_bn=False)
+        super().__init__(backbone, features, h, large_images)
         self.coeffs = h.vicreg
 
-    def forward(self, batch):
-        y = self.encode(batch.views[:2])
-        z = [self.project(f, batch, v) for v, f in enumerate(y)]
-        return {"loss": losses.vicreg(z[0], z[1], *self.coeffs), "feats": y}
+    def loss(self, z1, z2):
+        return losses.vicreg(z1, z2, *self.coeffs)
 
 
 class Supervised(Method):
