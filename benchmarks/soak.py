@@ -39,18 +39,26 @@ class Sample:
     step: int
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and every descendant, MiB (Linux /proc)."""
-    children: dict[int, list[int]] = {}
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc); processes that end
+    while being read are left out."""
+    out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                out[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        children.setdefault(ppid, []).append(int(entry))
+    return out
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and every descendant, MiB (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for child, ppid in parents().items():
+        children.setdefault(ppid, []).append(child)
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()

@@ -11,24 +11,24 @@ from pathlib import Path
 import torch
 import trainrun
 
+from benchmarks.soak import parents
+
 EXTRA = ("--method", "simsiam", "--epochs", "1", "--ckpt-every", "2", "--device", "cpu")
 
 
 def _rank_pids(launcher: int) -> dict[int, int]:
     """RANK -> pid of the trainer processes torchrun ``launcher`` started."""
     out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, ppid in parents().items():
+        if ppid != launcher:
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-        if ppid == launcher and b"RANK" in env:
-            out[int(env[b"RANK"])] = int(entry)
+        if b"RANK" in env:
+            out[int(env[b"RANK"])] = pid
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 from pipelines import cli
 from pipelines.integrity import read_manifest
 from trainer.checkpoint import write_atomic
-from trainer.evaluate import load_backbone
+from trainer.evaluate import load_backbone, missing_run_file
 from trainer.probes.features import extract
 
 FORMATS = (".npy", ".csv")
@@ -71,9 +71,9 @@ def main(argv=None) -> int:
         p.error(f"--out {out}: the name must end in {' or '.join(FORMATS)}")
     cli.require_positive(p, a, "batch")
     run = Path(a.run)
-    for name in ("config.json", "backbone.pt"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name}: missing; is {run} a finished run?")
+    missing = missing_run_file(run)
+    if missing is not None:
+        raise FileNotFoundError(f"{missing}: missing; is {run} a finished run?")
     read_manifest(Path(a.data))  # a converted dataset, named if not
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")

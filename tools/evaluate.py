@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from pipelines import cli
-from trainer.evaluate import TASKS, EvalConfig
+from trainer.evaluate import TASKS, EvalConfig, missing_run_file
 
 
 def _tasks(text: str) -> tuple[str, ...]:
@@ -80,11 +80,10 @@ def main(argv=None) -> int:
     cli.add_debug(p)
     a = p.parse_args(argv)
     run = Path(a.run)
-    for need in ("config.json", "backbone.pt"):
-        if not (run / need).is_file():
-            print(f"error: {run / need} is missing; is {run} a finished trainer run?",
-                  file=sys.stderr)
-            return 2
+    missing = missing_run_file(run)
+    if missing is not None:
+        print(f"error: {missing} is missing; is {run} a finished trainer run?", file=sys.stderr)
+        return 2
     for path, flag in ((a.train, "--train"), (a.test, "--test")):
         msg = _check_split(path, flag)
         if msg:

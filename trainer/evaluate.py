@@ -135,6 +135,15 @@ def dataset_name(data: str) -> str:
     return f"{p.parent.name}_{p.name}"
 
 
+RUN_FILES = ("config.json", "backbone.pt")
+
+
+def missing_run_file(run_dir) -> Path | None:
+    """The first file a finished run folder lacks (RUN_FILES), or None."""
+    return next((Path(run_dir) / n for n in RUN_FILES if not (Path(run_dir) / n).is_file()),
+                None)
+
+
 def load_backbone(run_dir: Path, device="cpu"):
     """The run's backbone.pt into a fresh backbone built from its config.json."""
     from trainer.build import stem_for
