@@ -33,12 +33,10 @@ class Images:
     def _open_beton(self) -> None:
         from ffcv.fields.rgb_image import IMAGE_MODES
 
-        from pipelines import checks
         from pipelines.loader_ffcv import open_beton
-        path, self._crcs, _ = open_beton(self.dir)
-        from ffcv.reader import Reader
-        reader = Reader(str(path))
-        self._ptr, self._size = checks.beton_sample_bytes(reader)
+        beton = open_beton(self.dir)
+        reader, path = beton.reader, beton.path
+        self._crcs, self._ptr, self._size = beton.crcs, beton.ptr, beton.size
         names = reader.field_names
         self._meta = reader.metadata[f"f{names.index('image')}"]
         self._labels = np.asarray(reader.metadata[f"f{names.index('label')}"], dtype=np.int64)

@@ -21,7 +21,7 @@ traversal order, so FFCV, DALI and torchvision split data identically.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numba
@@ -226,10 +226,21 @@ def _next(epoch_iter):
         return None
 
 
-def open_beton(data_dir: Path):
+@dataclass
+class Beton:
+    """A checked data.beton: FFCV's reader of it, the per-sample checksums (None
+    for a dataset converted before there were any), and where each sample's
+    image bytes are (pointer and size, as the reader resolves them)."""
+    path: Path
+    reader: object
+    crcs: np.ndarray | None
+    ptr: np.ndarray
+    size: np.ndarray
+
+
+def open_beton(data_dir: Path) -> Beton:
     """data.beton checked before any batch: its size and tables against the
-    manifest, its per-sample checksums loaded (pipelines/checks.py). Returns
-    (path, checksums or None, each sample's data pointer for messages)."""
+    manifest, its per-sample checksums loaded (pipelines/checks.py)."""
     from ffcv.reader import Reader
 
     path = data_dir / "data.beton"
@@ -240,7 +251,7 @@ def open_beton(data_dir: Path):
     check_sizes(data_dir, manifest, ["data.beton"])
     try:
         reader = Reader(str(path))
-        ptr, _ = checks.beton_sample_bytes(reader)
+        ptr, size = checks.beton_sample_bytes(reader)
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - FFCV's reader fails in many ways on bad bytes
@@ -251,7 +262,7 @@ def open_beton(data_dir: Path):
         raise ValueError(f"{path}: its sample tables (sizes, where each image is) differ from "
                          "the manifest's: the file is damaged; re-convert the dataset")
     crcs = checks.load(data_dir, manifest, checks.BETON_CHECKS, len(ptr)) if manifest else None
-    return path, crcs, ptr
+    return Beton(path, reader, crcs, ptr, size)
 
 
 class _PlanOrder:
@@ -276,8 +287,8 @@ class FfcvLoader(EpochLoader):
 
         _fix_ffcv_state_types()
 
-        path, crcs, self.sample_ptr = open_beton(Path(data_dir))
-        self.path = path
+        beton = open_beton(Path(data_dir))
+        self.path, self.sample_ptr = beton.path, beton.ptr  # for messages
         self.damage = DamageLog(on_damaged)
         self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
         self.rows_cell = photometric_cpu.recipe_rows(recipe)
@@ -285,8 +296,8 @@ class FfcvLoader(EpochLoader):
         # threads) as photometric_cpu's kernel; on a GPU it runs batched in torch.
         self.render_here = torch.device(device).type == "cpu"
         op = _multiview_op_class()(recipe, seed, self.epoch_cell, self.rows_cell,
-                                   self.render_here, crcs)
-        self.loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
+                                   self.render_here, beton.crcs)
+        self.loader = Loader(str(beton.path), batch_size=batch_size, num_workers=workers,
                              order=OrderOption.SEQUENTIAL, drop_last=drop_last,
                              pipelines={"image": [op], "label": [IntDecoder()],
                                         "index": [IntDecoder()]})
