@@ -29,15 +29,11 @@ import numpy as np
 import torch
 
 from pipelines import photometric
-from pipelines.params import FIELDS, OFFSETS, WIDTH
+from pipelines.params import DRAWN, DRAWN_AT, FIELDS, WIDTH, split
 from pipelines.recipe import Recipe
 from pipelines.sampling import sample_rest
 
 STAGES = ("done", "numba", "triton", "torch")
-# The GPU stage's parameter buffer holds each view's flattened parameters (params.WIDTH
-# in FIELDS order): crop, then photometric_cpu's REST from flip on, which is the
-# schema's flip, color, gray, blur, solarize in that order.
-REST_AT = OFFSETS["flip"]
 
 
 def compiled_apply(enabled: bool):
@@ -69,6 +65,13 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def first(self, n: int) -> Batch:
+        """The batch of its first ``n`` views (the ones a method trains on, when
+        an auxiliary head alone looks at views appended after them): views, not
+        copies."""
+        return Batch(self.views[:n], {k: t[:, :n] for k, t in self.params.items()},
+                     self.labels, self.index, self.raw[:n] if self.raw is not None else None)
 
 
 def _host(x) -> np.ndarray:
@@ -134,21 +137,23 @@ class Finisher:
         index_h = _host(index).astype(np.int64, copy=False)
         B, V = len(index_h), self.recipe.num_views
         host = np.empty((B, V, WIDTH), np.float32)
-        host[..., :REST_AT] = _host(crop)
+        # each view's flattened parameters (params.WIDTH in FIELDS order): the
+        # crop, then the drawn row from DRAWN_AT on
+        host[..., :DRAWN_AT] = _host(crop)
         photometric_cpu.draw_rest_batch(photometric_cpu.recipe_rows(self.recipe), self.seed,
-                                        epoch, index_h, host[..., REST_AT:])
+                                        epoch, index_h, host[..., DRAWN_AT:])
         ids = np.stack([_host(labels).astype(np.int64, copy=False), index_h])
         params = self._to_device(host)
         labels_d, index_d = self._to_device(ids).unbind(0)
         views, raw = [], []
         for v, (x, vr) in enumerate(zip(crops, self.recipe.views)):
             x = x.to(self.device, non_blocking=True).contiguous()  # FFCV's are host slots
-            y, r = photometric_triton.render(x, params, v * WIDTH + REST_AT, vr,
+            y, r = photometric_triton.render(x, params, v * WIDTH + DRAWN_AT, vr,
                                              self.recipe.mean, self.recipe.std, self.dtype,
                                              self.keep_raw)
             views.append(y)
             raw.append(r)
-        fields = dict(zip(FIELDS, torch.split(params, list(FIELDS.values()), dim=-1)))
+        fields = split(params)
         raws = [r.cpu() for r in raw] if self.keep_raw else None
         return Batch(views, {k: fields[k] for k in FIELDS}, labels_d, index_d, raws)
 
@@ -182,7 +187,7 @@ class Finisher:
                     memory_format=torch.channels_last)
             views.append(x)
             per_view.append(p)
-        params = {k: torch.stack([p[k] for p in per_view], dim=1) for k in FIELDS if k != "crop"}
+        params = {k: torch.stack([p[k] for p in per_view], dim=1) for k in DRAWN}
         params["crop"] = crop_params.to(device, non_blocking=True).float()
         return Batch(views, {k: params[k] for k in FIELDS}, labels.to(device).long(), index,
                      raw if self.keep_raw else None)

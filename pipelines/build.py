@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.recipe import Recipe, from_spec, preset, with_jitter
+from pipelines.recipe import Recipe, from_spec, preset, with_jitter, with_rotated_views
 
 BACKENDS = ("dali-gpu", "dali-cpu", "ffcv", "torchvision")
 
@@ -30,6 +30,9 @@ class LoaderConfig:
     jitter: tuple[float, float, float, float] | None = None  # every view's b, c, s, h
                                                               # strengths; None: the preset's
     recipe: dict | None = None  # a recipe spec on top of the preset (recipe.from_spec)
+    rotated_views: int = 0     # extra views like the first, each turned by a random quarter
+                               # turn (recipe.with_rotated_views: E-SSL's rotation views)
+    rotated_size: int | None = None  # their side (default: half of size)
     batch_size: int = 256
     seed: int = 0
     shuffle: bool = True
@@ -100,12 +103,16 @@ def resolve_backend(name: str, data: str | None = None) -> str:
 
 
 def resolve_recipe(cfg: LoaderConfig) -> Recipe:
-    """The preset at the configured sizes, then the spec's settings, then --jitter."""
+    """The preset at the configured sizes, then the spec's settings, then --jitter,
+    then the rotated views (which copy the first view as it is by then)."""
     recipe = preset(cfg.preset, cfg.size, cfg.small_size)
     if cfg.recipe:
         recipe = from_spec(cfg.recipe, recipe)
     if cfg.jitter is not None:
         recipe = with_jitter(recipe, cfg.jitter)
+    if cfg.rotated_views:
+        recipe = with_rotated_views(recipe, cfg.rotated_views,
+                                    cfg.rotated_size or max(8, cfg.size // 2))
     return recipe
 
 

@@ -24,6 +24,7 @@ SLOT_GRAY = 38
 SLOT_BLUR = 39
 SLOT_SIGMA = 40
 SLOT_SOLARIZE = 41
+SLOT_ROT = 42  # quarter turns: floor(4u) in {0, 1, 2, 3}
 
 
 def _mix_np(x):

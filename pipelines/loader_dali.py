@@ -46,6 +46,28 @@ from pipelines.sampling import crop_boxes, crop_fields
 PREFETCH = 2  # batches DALI works on ahead of the one being consumed
 
 
+# What the feeder hands the graph, one place for both sides: the encoded images,
+# then per view v its region's (top, left) and (bottom, right) in source pixels.
+def feed_width(views: int) -> int:
+    return 1 + 2 * views
+
+
+def roi_slots(v: int) -> tuple[int, int]:
+    """Positions of view v's roi_start and roi_end among the fed inputs."""
+    return 1 + 2 * v, 2 + 2 * v
+
+
+def feed(encoded: list, boxes: np.ndarray) -> tuple:
+    """(encoded images, pixel boxes (B, V, 4) as top, left, h, w) -> the inputs."""
+    inputs = [None] * feed_width(boxes.shape[1])
+    inputs[0] = encoded
+    for v in range(boxes.shape[1]):
+        top_left = boxes[:, v, :2].astype(np.float32)
+        start, end = roi_slots(v)
+        inputs[start], inputs[end] = top_left, top_left + boxes[:, v, 2:].astype(np.float32)
+    return tuple(inputs)
+
+
 @dataclass
 class _Ticket:
     """One scheduled batch: what the host knows about what DALI is decoding."""
@@ -99,15 +121,12 @@ class _Feeder:
             rows, encoded = np.array([[0, 0, 8, 8]]), [_placeholder_jpeg()]
         labels, index, heights, widths = rows.T
         boxes = crop_boxes(heights, widths, self.views, self.seed, epoch, index)
-        inputs = [encoded]
-        for v in range(len(self.views)):
-            top_left = boxes[:, v, :2].astype(np.float32)
-            inputs += [top_left, top_left + boxes[:, v, 2:].astype(np.float32)]
+        inputs = feed(encoded, boxes)
         crop = crop_fields(boxes, heights, widths)
-        self.tickets.append(_Ticket(epoch, b, labels.copy(), index.copy(), crop, tuple(inputs),
+        self.tickets.append(_Ticket(epoch, b, labels.copy(), index.copy(), crop, inputs,
                                     problems, fatal))
         self.at = (epoch, b + 1) if b + 1 < self.plan.num_batches else (epoch + 1, 0)
-        return tuple(inputs)
+        return inputs
 
 
 def _placeholder_jpeg() -> np.ndarray:
@@ -131,15 +150,17 @@ def build_pipeline(source, recipe, batch_size: int, device_id, threads: int):
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
                   prefetch_queue_depth=PREFETCH)
     def pipe():
+        n = feed_width(V)
         inputs = fn.external_source(
-            source=source, num_outputs=1 + 2 * V, batch=True, no_copy=True,
-            dtype=[types.UINT8] + [types.FLOAT] * (2 * V), ndim=[1] * (1 + 2 * V))
+            source=source, num_outputs=n, batch=True, no_copy=True,
+            dtype=[types.UINT8] + [types.FLOAT] * (n - 1), ndim=[1] * n)
         images = fn.decoders.image(inputs[0], device="cpu" if device_id is None else "mixed",
                                    output_type=types.RGB)
         views = []
         for v, vr in enumerate(recipe.views):
+            start, end = roi_slots(v)
             views.append(fn.resize(images, size=[vr.size, vr.size],
-                                   roi_start=inputs[1 + 2 * v], roi_end=inputs[2 + 2 * v],
+                                   roi_start=inputs[start], roi_end=inputs[end],
                                    roi_relative=False, interp_type=types.INTERP_LINEAR,
                                    antialias=True))
         return tuple(views)

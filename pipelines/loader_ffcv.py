@@ -31,7 +31,7 @@ from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from pipelines import checks, counter_rng, photometric_cpu
+from pipelines import checks, counter_rng, params, photometric_cpu
 from pipelines.batch import Finisher, default_stage
 from pipelines.checks import DamagedSample, DamageLog
 from pipelines.epochs import EpochLoader, EpochPlan
@@ -108,7 +108,7 @@ def _multiview_op_class():
 
     class MultiViewCrop(SimpleRGBImageDecoder):
         """image field -> (views uint8 (V, S*S*3), boxes float32 (V, 4), rest
-        float32 (V, 8)) per sample. With ``render`` the views are final (the
+        float32 (V, params.DRAWN_WIDTH)) per sample. With ``render`` the views are final (the
         photometric stage ran here, photometric_cpu), else they are the crops.
         ``rest`` (photometric_cpu.REST) is drawn either way; its recipe rows are
         read by address from ``rows_cell`` like the epoch, so a recipe changed
@@ -134,7 +134,7 @@ def _multiview_op_class():
                             dtype=np.dtype("u1")),
                     (AllocationQuery((V, self.smax ** 2 * 3), np.dtype("u1")),
                      AllocationQuery((V, 4), np.dtype("f4")),
-                     AllocationQuery((V, 8), np.dtype("f4")),
+                     AllocationQuery((V, params.DRAWN_WIDTH), np.dtype("f4")),
                      AllocationQuery((max_h * max_w * np.uint64(3),), np.dtype("u1")),
                      AllocationQuery((1,), np.dtype("u1"))))
 

@@ -1,4 +1,4 @@
-"""Batched flip, colour jitter, grayscale, blur and solarize in torch, on the
+"""Batched flip, rotation, colour jitter, grayscale, blur and solarize in torch, on the
 training device: the same semantics as reference.photometric, one call per view
 for the whole batch.
 
@@ -112,6 +112,11 @@ def apply(x: torch.Tensor, p: dict[str, torch.Tensor], recipe: ViewRecipe) -> to
     no device-to-host sync in the hot loop)."""
     flip = _col(p["flip"][:, 0] > 0.5)
     x = torch.where(flip, x.flip(-1), x)
+    if recipe.rotate:  # quarter turns counter-clockwise, per image (square views)
+        turns = _col(p["rot"][:, 0])
+        x = torch.where(turns == 1, x.rot90(1, (-2, -1)),
+                        torch.where(turns == 2, x.rot90(2, (-2, -1)),
+                                    torch.where(turns == 3, x.rot90(3, (-2, -1)), x)))
     b, c, s, h = (p["color"][:, k] for k in range(4))
     x = (x * _col(b)).clamp(0, 1)
     x = _blend(x, luma(x).mean(dim=(-3, -2, -1), keepdim=True), _col(c))

@@ -18,10 +18,12 @@ reference.render rounds it. Differences from the torch path are float32 roundoff
 only (summation order of the mean luma and the blur taps, fused multiply-adds):
 the test bounds them at 1 level on a few values in a hundred thousand.
 
-Parameters of a view travel as 8 float32 ``REST``: flip, brightness, contrast,
-saturation, hue, gray, blur sigma, solarize. ``draw_rest`` draws them with the
-counter RNG exactly as sampling.sample_rest does in torch (float32 arithmetic
-in the same order), so a backend may draw them here or there.
+Parameters of a view travel as its drawn row: params.DRAWN_WIDTH float32
+values named params.DRAWN_NAMES (flip, the four colour factors, gray, blur
+sigma, solarize, rotation), each read and written at its position params.AT[name]
+(module constants below, which numba folds in at compile time). ``draw_rest``
+draws them with the counter RNG exactly as sampling.sample_rest does in torch
+(float32 arithmetic in the same order), so a backend may draw them here or there.
 """
 
 from __future__ import annotations
@@ -33,25 +35,41 @@ import numpy as np
 import torch
 
 from pipelines import counter_rng as cr
+from pipelines import params
 from pipelines.recipe import Recipe, ViewRecipe
 
-REST = ("flip", "brightness", "contrast", "saturation", "hue", "gray", "blur", "solarize")
-# Recipe of one view as a float64 row for numba (see recipe_row).
-_ROW = ("flip_p", "jitter_p", "b_lo", "b_hi", "c_lo", "c_hi", "s_lo", "s_hi", "h_lo", "h_hi",
-        "gray_p", "blur_p", "sigma_lo", "sigma_hi", "solarize_p")
+REST = params.DRAWN_NAMES  # the drawn row's values, in order
+_FLIP, _BRI, _CON, _SAT, _HUE, _GRAY, _BLUR, _SOL, _ROT = (
+    params.AT[n] for n in ("flip", "brightness", "contrast", "saturation", "hue", "gray", "blur",
+                           "solarize", "rot"))
+assert len(REST) == 9, "a new drawn field needs its draw (draw_rest) and its renderer here"
+
+# Recipe of one view as a float64 row for numba (recipe_row), each setting at its
+# position ROW[name]: the colour ranges as (lo, hi) pairs in b, c, s, h order.
+ROW: dict[str, int] = {n: i for i, n in enumerate((
+    "flip_p", "jitter_p", "b_lo", "b_hi", "c_lo", "c_hi", "s_lo", "s_hi", "h_lo", "h_hi",
+    "gray_p", "blur_p", "sigma_lo", "sigma_hi", "solarize_p", "rotate"))}
+_R_FLIP, _R_JITTER, _R_COLOR, _R_GRAY, _R_BLUR, _R_SIGMA, _R_SOL, _R_ROT = (
+    ROW[n] for n in ("flip_p", "jitter_p", "b_lo", "gray_p", "blur_p", "sigma_lo", "solarize_p",
+                     "rotate"))
 
 _uniform = numba.njit(cr.uniform_np)
 
 
 def recipe_row(vr: ViewRecipe) -> np.ndarray:
     (b0, b1), (c0, c1), (s0, s1), (h0, h1) = vr.color_ranges()
-    return np.array([vr.flip_p, vr.jitter_p, b0, b1, c0, c1, s0, s1, h0, h1, vr.gray_p,
-                     vr.blur_p, vr.blur_sigma[0], vr.blur_sigma[1], vr.solarize_p],
-                    dtype=np.float64)
+    values = {"flip_p": vr.flip_p, "jitter_p": vr.jitter_p, "b_lo": b0, "b_hi": b1, "c_lo": c0,
+              "c_hi": c1, "s_lo": s0, "s_hi": s1, "h_lo": h0, "h_hi": h1, "gray_p": vr.gray_p,
+              "blur_p": vr.blur_p, "sigma_lo": vr.blur_sigma[0], "sigma_hi": vr.blur_sigma[1],
+              "solarize_p": vr.solarize_p, "rotate": float(vr.rotate)}
+    row = np.empty(len(ROW), dtype=np.float64)
+    for name, i in ROW.items():
+        row[i] = values[name]
+    return row
 
 
 def recipe_rows(recipe: Recipe) -> np.ndarray:
-    """(V, len(_ROW)) float64: recipe_row of every view."""
+    """(V, len(ROW)) float64: recipe_row of every view."""
     return np.stack([recipe_row(vr) for vr in recipe.views])
 
 
@@ -60,9 +78,10 @@ def recipe_rows(recipe: Recipe) -> np.ndarray:
 # multiply-add below became an FMA and the draws moved by 1 ulp from torch's.
 @numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 def draw_rest(row, seed, epoch, index, view, out):
-    """The 8 REST values of (seed, epoch, index, view) into ``out`` (float32).
-    Mirrors sampling.sample_rest: torch computes ``lo + (hi - lo) * u`` in
-    float32 with u rounded from float64, and compares u < p in float32."""
+    """The drawn row (params.DRAWN_NAMES) of (seed, epoch, index, view) into
+    ``out`` (float32). Mirrors sampling.sample_rest: torch computes
+    ``lo + (hi - lo) * u`` in float32 with u rounded from float64, and compares
+    u < p in float32."""
     f32 = np.float32
 
     def u(slot):
@@ -71,24 +90,25 @@ def draw_rest(row, seed, epoch, index, view, out):
     def coin(slot, p):
         return f32(1.0) if u(slot) < f32(p) else f32(0.0)
 
-    out[0] = coin(cr.SLOT_FLIP, row[0])
-    jitter = coin(cr.SLOT_JITTER, row[1])
+    out[_FLIP] = coin(cr.SLOT_FLIP, row[_R_FLIP])
+    jitter = coin(cr.SLOT_JITTER, row[_R_JITTER])
     for k in range(4):
-        lo, hi = row[2 + 2 * k], row[3 + 2 * k]
+        lo, hi = row[_R_COLOR + 2 * k], row[_R_COLOR + 1 + 2 * k]
         draw = f32(lo) + f32(hi - lo) * u(cr.SLOT_COLOR + k)
         ident = f32(0.0) if k == 3 else f32(1.0)
-        out[1 + k] = draw if jitter > 0 else ident
-    out[5] = coin(cr.SLOT_GRAY, row[10])
-    blur_on = coin(cr.SLOT_BLUR, row[11])
-    lo, hi = row[12], row[13]
-    out[6] = (f32(lo) + f32(hi - lo) * u(cr.SLOT_SIGMA)) * blur_on
-    out[7] = coin(cr.SLOT_SOLARIZE, row[14])
+        out[_BRI + k] = draw if jitter > 0 else ident
+    out[_GRAY] = coin(cr.SLOT_GRAY, row[_R_GRAY])
+    blur_on = coin(cr.SLOT_BLUR, row[_R_BLUR])
+    lo, hi = row[_R_SIGMA], row[_R_SIGMA + 1]
+    out[_BLUR] = (f32(lo) + f32(hi - lo) * u(cr.SLOT_SIGMA)) * blur_on
+    out[_SOL] = coin(cr.SLOT_SOLARIZE, row[_R_SOL])
+    out[_ROT] = np.floor(u(cr.SLOT_ROT) * f32(4.0)) * f32(row[_R_ROT])
 
 
 @numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 def draw_rest_batch(rows, seed, epoch, index, out):
-    """REST of every view of samples ``index`` (B,): out[b, v, :8] from rows[v]
-    (recipe_rows). ``out`` (B, V, >= 8) float32, any strides: the GPU stage writes
+    """The drawn row of every view of samples ``index`` (B,): out[b, v] from rows[v]
+    (recipe_rows). ``out`` (B, V, params.DRAWN_WIDTH) float32, any strides: the GPU stage writes
     the draws straight into its one parameter buffer."""
     for b in range(len(index)):
         for v in range(rows.shape[0]):
@@ -158,32 +178,57 @@ def scratch_size(size: int) -> int:
     return 3 * size * size
 
 
+@numba.njit(inline="always", **_JIT)
+def _load(src, y, x, bri, inv255):
+    """Source pixel (y, x) to float32 in [0, 1] with brightness applied."""
+    r = _clamp01(np.float32(src[y, x, 0]) * inv255 * bri)
+    g = _clamp01(np.float32(src[y, x, 1]) * inv255 * bri)
+    b = _clamp01(np.float32(src[y, x, 2]) * inv255 * bri)
+    return r, g, b
+
+
 @numba.njit(**_JIT)
 def render_view(src, p, out, tmp):
-    """src, out: uint8 (S, W, 3), may be the same array; p: float32 REST (8,);
-    tmp: float32 scratch of at least 3*S*W elements (scratch_size)."""
+    """src, out: uint8 (S, W, 3), may be the same array; p: the view's drawn row
+    (float32, params.DRAWN_WIDTH); tmp: float32 scratch of at least 3*S*W
+    elements (scratch_size)."""
     f32 = np.float32
     S, W = src.shape[0], src.shape[1]
     n = S * W
-    flip, bri, con, sat, hue = p[0] > 0.5, p[1], p[2], p[3], p[4]
-    gray, sigma, sol = p[5] > 0.5, p[6], p[7] > 0.5
+    flip, bri, con, sat, hue = p[_FLIP] > 0.5, p[_BRI], p[_CON], p[_SAT], p[_HUE]
+    gray, sigma, sol, rot = p[_GRAY] > 0.5, p[_BLUR], p[_SOL] > 0.5, int(p[_ROT]) % 4
     planes = tmp[:3 * n].reshape(3, S, W)
     R, G, B = planes[0], planes[1], planes[2]
-    # uint8 -> float32 as torch's x / 255, brightness, flip; the mean luma of the
-    # result for contrast (float32 row sums added in float64; torch's float32
-    # pairwise mean agrees to ~1e-7).
+    # uint8 -> float32 as torch's x / 255, brightness, flip, rotation; the mean luma
+    # of the result for contrast (float32 row sums added in float64; torch's
+    # float32 pairwise mean agrees to ~1e-7).
     inv255 = f32(1.0) / f32(255.0)
     total = 0.0
-    for y in range(S):
-        row = f32(0.0)
-        for x in range(W):
-            sx = W - 1 - x if flip else x
-            r = _clamp01(f32(src[y, sx, 0]) * inv255 * bri)
-            g = _clamp01(f32(src[y, sx, 1]) * inv255 * bri)
-            b = _clamp01(f32(src[y, sx, 2]) * inv255 * bri)
-            R[y, x], G[y, x], B[y, x] = r, g, b
-            row += _L0 * r + _L1 * g + _L2 * b
-        total += row
+    if rot == 0:
+        for y in range(S):
+            row = f32(0.0)
+            for x in range(W):
+                r, g, b = _load(src, y, W - 1 - x if flip else x, bri, inv255)
+                R[y, x], G[y, x], B[y, x] = r, g, b
+                row += _L0 * r + _L1 * g + _L2 * b
+            total += row
+    else:
+        if S != W:
+            raise ValueError("a rotated view must be square")
+        # torch.rot90(view, rot) of the flipped view: output (y, x) reads the
+        # flipped view at (a, b) = (x, S-1-y), (S-1-y, S-1-x) or (S-1-x, y) for
+        # 1, 2 or 3 quarter turns counter-clockwise
+        ay, ax, a0 = (0, 1, 0) if rot == 1 else ((-1, 0, S - 1) if rot == 2 else (0, -1, S - 1))
+        by, bx, b0 = (-1, 0, S - 1) if rot == 1 else ((0, -1, S - 1) if rot == 2 else (1, 0, 0))
+        if flip:
+            by, bx, b0 = -by, -bx, S - 1 - b0
+        for y in range(S):
+            row = f32(0.0)
+            for x in range(W):
+                r, g, b = _load(src, ay * y + ax * x + a0, by * y + bx * x + b0, bri, inv255)
+                R[y, x], G[y, x], B[y, x] = r, g, b
+                row += _L0 * r + _L1 * g + _L2 * b
+            total += row
     mean = f32(total / n)
     r1, g1, b1 = R.reshape(n), G.reshape(n), B.reshape(n)
     cm, s1 = (f32(1.0) - con) * mean, f32(1.0) - sat
@@ -278,7 +323,8 @@ def _blur(planes, sigma):
 
 @numba.njit(nogil=True, parallel=True, cache=True)
 def render_batch(crops, rest, out):
-    """crops, out: uint8 (B, S, S, 3); rest: float32 (B, 8). Parallel over samples."""
+    """crops, out: uint8 (B, S, S, 3); rest: float32 (B, params.DRAWN_WIDTH), each
+    sample's drawn row. Parallel over samples."""
     n, s = crops.shape[0], crops.shape[1]
     for i in numba.prange(n):
         tmp = np.empty(3 * s * s, np.float32)
@@ -286,12 +332,11 @@ def render_batch(crops, rest, out):
 
 
 def rest_of(p: dict) -> np.ndarray:
-    """sample_rest's dict (field -> (B, width) tensors) -> float32 (B, 8) REST."""
-    return torch.cat([p["flip"], p["color"], p["gray"], p["blur"], p["solarize"]],
-                     dim=1).to(torch.float32).cpu().numpy()
+    """sample_rest's dict (field -> (B, width) tensors) -> its drawn rows, float32
+    (B, params.DRAWN_WIDTH)."""
+    return params.join(p, params.DRAWN).to(torch.float32).cpu().numpy()
 
 
 def fields_of(rest) -> dict:
-    """REST (..., 8) tensor -> schema fields (..., width), as sample_rest names them."""
-    return {"flip": rest[..., 0:1], "color": rest[..., 1:5], "gray": rest[..., 5:6],
-            "blur": rest[..., 6:7], "solarize": rest[..., 7:8]}
+    """Drawn rows (..., params.DRAWN_WIDTH) tensor -> schema fields (..., width)."""
+    return params.split(rest, params.DRAWN)

@@ -1,5 +1,5 @@
 """The photometric stage for a GPU in one Triton launch per view: uint8 crops
-(B, S, S, 3) -> flip, brightness, contrast, saturation, hue, grayscale, blur,
+(B, S, S, 3) -> flip, rotation, brightness, contrast, saturation, hue, grayscale, blur,
 solarize, normalisation, the dtype cast and channels_last, in one pass of
 global memory per phase, one program per image.
 
@@ -36,10 +36,21 @@ import torch
 import triton
 import triton.language as tl
 
+from pipelines import params as schema
 from pipelines.recipe import ViewRecipe
 
 BLOCK = 1024
-REST_WIDTH = 8  # flip, brightness, contrast, saturation, hue, gray, blur sigma, solarize
+# Where each value sits in a view's drawn row (pipelines/params.py): compile-time
+# constants of the kernel (Triton reads globals only as constexpr).
+_FLIP = tl.constexpr(schema.AT["flip"])
+_BRI = tl.constexpr(schema.AT["brightness"])
+_CON = tl.constexpr(schema.AT["contrast"])
+_SAT = tl.constexpr(schema.AT["saturation"])
+_HUE = tl.constexpr(schema.AT["hue"])
+_GRAY = tl.constexpr(schema.AT["gray"])
+_SIGMA = tl.constexpr(schema.AT["blur"])
+_SOL = tl.constexpr(schema.AT["solarize"])
+_ROT = tl.constexpr(schema.AT["rot"])
 
 
 @triton.jit
@@ -132,20 +143,22 @@ def _store(out, raw, base, offs, m, r, g, b, sol, m0, m1, m2, s0, s1, s2,
 def _render(src, params, col, rest_stride, out, raw, tmp, S,
             m0, m1, m2, s0, s1, s2,
             HUE: tl.constexpr, BLUR: tl.constexpr, RADIUS: tl.constexpr,
-            SOLARIZE: tl.constexpr, RAW: tl.constexpr, BLOCK: tl.constexpr):
+            SOLARIZE: tl.constexpr, ROTATE: tl.constexpr, RAW: tl.constexpr,
+            BLOCK: tl.constexpr):
     img = tl.program_id(0).to(tl.int64)
     n = S * S
     base = img * n * 3
     tmp2 = tmp + tl.num_programs(0).to(tl.int64) * n * 3  # second half of the scratch
     pr = params + img * rest_stride + col
-    flip = tl.load(pr) > 0.5
-    bri = tl.load(pr + 1)
-    con = tl.load(pr + 2)
-    sat = tl.load(pr + 3)
-    hue = tl.load(pr + 4)
-    gray = tl.load(pr + 5) > 0.5
-    sigma = tl.load(pr + 6)
-    sol = tl.load(pr + 7) > 0.5
+    flip = tl.load(pr + _FLIP) > 0.5
+    bri = tl.load(pr + _BRI)
+    con = tl.load(pr + _CON)
+    sat = tl.load(pr + _SAT)
+    hue = tl.load(pr + _HUE)
+    gray = tl.load(pr + _GRAY) > 0.5
+    sigma = tl.load(pr + _SIGMA)
+    sol = tl.load(pr + _SOL) > 0.5
+    turns = tl.load(pr + _ROT).to(tl.int32)
     lane = tl.arange(0, BLOCK)
 
     # 1. mean luma after brightness (flip does not change it)
@@ -163,14 +176,22 @@ def _render(src, params, col, rest_stride, out, raw, tmp, S,
     s1m = 1.0 - sat
     blurred = sigma > 0.0
 
-    # 2. colour, per pixel of the output (the source pixel mirrored when flipped)
+    # 2. colour, per pixel of the output (the source pixel mirrored when flipped;
+    # with ROTATE, output (y, x) of torch.rot90(flipped view, turns) reads the
+    # flipped view at (x, S-1-y), (S-1-y, S-1-x) or (S-1-x, y) for 1, 2, 3 turns)
     for start in range(0, n, BLOCK):
         offs = start + lane
         m = offs < n
         y = offs // S
         x = offs - y * S
+        sy = y
+        if ROTATE:
+            sy = tl.where(turns == 1, x, tl.where(turns == 2, S - 1 - y,
+                                                   tl.where(turns == 3, S - 1 - x, y)))
+            x = tl.where(turns == 1, S - 1 - y, tl.where(turns == 2, S - 1 - x,
+                                                          tl.where(turns == 3, y, x)))
         sx = tl.where(flip, S - 1 - x, x)
-        p = src + base + (y * S + sx) * 3
+        p = src + base + (sy * S + sx) * 3
         r = _clamp01(tl.load(p, mask=m, other=0).to(tl.float32) / 255.0 * bri)
         g = _clamp01(tl.load(p + 1, mask=m, other=0).to(tl.float32) / 255.0 * bri)
         b = _clamp01(tl.load(p + 2, mask=m, other=0).to(tl.float32) / 255.0 * bri)
@@ -235,13 +256,14 @@ def _render(src, params, col, rest_stride, out, raw, tmp, S,
 def render(crops: torch.Tensor, params: torch.Tensor, col: int, vr: ViewRecipe, mean, std,
            dtype: torch.dtype, keep_raw: bool = False):
     """crops: uint8 (B, S, S, 3) contiguous; params: float32 (B, ...) contiguous,
-    whose row b holds this view's 8 REST values at columns col..col+7 of its
-    flattened row (the batch's one parameter buffer: no slice op). -> (views
+    whose row b holds this view's drawn row (params.DRAWN_WIDTH values) from column
+    col of its flattened row (the batch's one parameter buffer: no slice op). -> (views
     (B, 3, S, S) ``dtype`` channels_last, normalised with ``mean``/``std``; raw
     uint8 (B, S, S, 3) or None). One launch, three allocations, one permute."""
     B, S = crops.shape[0], crops.shape[1]
-    if not params.is_contiguous() or math.prod(params.shape[1:]) < col + REST_WIDTH:
-        raise ValueError("params must be contiguous with 8 REST values at column col")
+    if not params.is_contiguous() or math.prod(params.shape[1:]) < col + schema.DRAWN_WIDTH:
+        raise ValueError(f"params must be contiguous with {schema.DRAWN_WIDTH} drawn values "
+                         "from column col")
     blur = vr.blur_p > 0
     radius = math.ceil(3 * vr.blur_sigma[1]) if blur else 0
     if blur and radius >= S:
@@ -254,5 +276,6 @@ def render(crops: torch.Tensor, params: torch.Tensor, col: int, vr: ViewRecipe, 
                   float(mean[0]), float(mean[1]), float(mean[2]),
                   float(std[0]), float(std[1]), float(std[2]),
                   HUE=bool(vr.jitter_p > 0 and vr.jitter[3] > 0), BLUR=blur, RADIUS=radius,
-                  SOLARIZE=bool(vr.solarize_p > 0), RAW=keep_raw, BLOCK=BLOCK)
+                  SOLARIZE=bool(vr.solarize_p > 0), ROTATE=bool(vr.rotate), RAW=keep_raw,
+                  BLOCK=BLOCK)
     return out.permute(0, 3, 1, 2), (raw if keep_raw else None)

@@ -1,7 +1,9 @@
 """Augmentation recipes as data: one ViewRecipe per view, presets from the papers.
 
-Order of operations is fixed (DESIGN.md): crop -> resize -> flip -> brightness ->
-contrast -> saturation -> hue -> grayscale -> blur -> solarize -> normalise.
+Order of operations is fixed (DESIGN.md): crop -> resize -> flip -> rotate ->
+brightness -> contrast -> saturation -> hue -> grayscale -> blur -> solarize ->
+normalise. (Rotation by quarter turns commutes with every later step on a square
+view, up to the blur's float roundoff; it sits with the geometry.)
 torchvision's ColorJitter draws a random order of the four colour ops; we do not.
 """
 
@@ -26,6 +28,8 @@ class ViewRecipe:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # in output pixels
     solarize_p: float = 0.0
+    rotate: bool = False                  # a quarter-turn count drawn uniformly from {0,1,2,3}
+                                          # (E-SSL's four classes); False: never rotated
 
     def color_ranges(self) -> list[tuple[float, float]]:
         """torchvision's ranges: factors in [max(0, 1-s), 1+s], hue in [-h, h]."""
@@ -100,6 +104,18 @@ def with_jitter(recipe: Recipe, jitter: tuple[float, float, float, float]) -> Re
     return replace(recipe, views=tuple(replace(v, jitter=tuple(jitter)) for v in recipe.views))
 
 
+def with_rotated_views(recipe: Recipe, count: int, size: int) -> Recipe:
+    """``recipe`` plus ``count`` views like its first one, at side ``size``, each
+    rotated by its own uniformly drawn quarter turn: E-SSL's rotation views
+    (Dangovski et al. 2022: on CIFAR-10 the first view's augmentation at half
+    the side; their code rotates one such view all four ways, here each extra
+    view is its own crop with its own turn, the turn a parameter like any other)."""
+    if count < 1 or size < 8:
+        raise ValueError(f"rotated views: need count >= 1 and size >= 8, got {count}, {size}")
+    extra = replace(recipe.views[0], size=size, rotate=True)
+    return replace(recipe, name=f"{recipe.name}+rot{count}", views=recipe.views + (extra,) * count)
+
+
 def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
     """A preset at output side ``size`` (multi-crop small views at ``small_size``,
     default 96/224 of ``size``)."""
@@ -111,7 +127,7 @@ def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
 
 # Fields of a ViewRecipe a recipe spec may set, with how many numbers each takes.
 _VIEW_FIELDS = {"size": 1, "scale": 2, "ratio": 2, "flip_p": 1, "jitter": 4, "jitter_p": 1,
-                "gray_p": 1, "blur_p": 1, "blur_sigma": 2, "solarize_p": 1}
+                "gray_p": 1, "blur_p": 1, "blur_sigma": 2, "solarize_p": 1, "rotate": 1}
 
 
 def _view_overrides(d: dict, where: str) -> dict:
@@ -124,6 +140,11 @@ def _view_overrides(d: dict, where: str) -> dict:
     out = {}
     for k, v in d.items():
         n = _VIEW_FIELDS[k]
+        if k == "rotate":
+            if not isinstance(v, bool) and v not in (0, 1):
+                raise ValueError(f"{where}: rotate is true or false, got {v!r}")
+            out[k] = bool(v)
+            continue
         vals = v if isinstance(v, (list, tuple)) else [v]
         if len(vals) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                      for x in vals):
@@ -150,7 +171,7 @@ def from_spec(spec: dict, base: Recipe, where: str = "recipe") -> Recipe:
                                           repeats its last view)
 
     View settings are ViewRecipe's fields (size, scale, ratio, flip_p, jitter,
-    jitter_p, gray_p, blur_p, blur_sigma, solarize_p); unknown keys and bad values
+    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate); unknown keys and bad values
     are errors naming ``where`` and the key."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping with 'all' and/or 'views'")

@@ -2,7 +2,7 @@
 
 Plain per-image torch / torchvision code, written for clarity, not speed. Every
 backend's output is tested against it given the parameters the backend emitted.
-Order (DESIGN.md): crop box -> resize -> flip -> brightness -> contrast ->
+Order (DESIGN.md): crop box -> resize -> flip -> rotate -> brightness -> contrast ->
 saturation -> hue -> grayscale -> blur -> solarize (normalisation is left to
 the Batch). Arithmetic is float32 in [0, 1] from the resize on; the result is
 rounded to uint8.
@@ -35,6 +35,9 @@ def photometric(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Everything after the geometry, on (3, S, S) float in [0, 1]."""
     if float(p["flip"][0]) > 0.5:
         x = F.horizontal_flip(x)
+    turns = int(p["rot"][0]) if "rot" in p else 0  # quarter turns counter-clockwise
+    if turns:
+        x = torch.rot90(x, turns, dims=(-2, -1))
     b, c, s, h = (float(v) for v in p["color"])
     x = F.adjust_brightness(x, b)
     x = F.adjust_contrast(x, c)

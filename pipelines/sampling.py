@@ -6,8 +6,8 @@ sides, uniform integer position, centre-crop fallback), with counter uniforms
 instead of torch's global generator. It is plain numpy-scalar code so that the
 FFCV op compiles it with numba as it is.
 
-``sample_rest`` draws flip, colour, grayscale, blur and solarize for a batch in
-torch; every backend calls it, so they agree on those draws by construction.
+``sample_rest`` draws every field after the crop (params.DRAWN: flip, colour,
+grayscale, blur, solarize, rotation) for a batch in torch; every backend calls it, so they agree on those draws by construction.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def crop_fields(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> n
 
 def sample_rest(recipe_view: ViewRecipe, seed: int, epoch: int, index: torch.Tensor,
                 view: int) -> dict[str, torch.Tensor]:
-    """flip, color, gray, blur, solarize for samples ``index`` (B,) of view ``view``:
+    """The drawn fields (params.DRAWN) of samples ``index`` (B,) of view ``view``:
     field -> float32 (B, width), on index's device."""
 
     def u(slot):
@@ -133,4 +133,6 @@ def sample_rest(recipe_view: ViewRecipe, seed: int, epoch: int, index: torch.Ten
         "gray": coin(cr.SLOT_GRAY, r.gray_p)[:, None],
         "blur": sigma[:, None],
         "solarize": coin(cr.SLOT_SOLARIZE, r.solarize_p)[:, None],
+        # floor(4u) of a float32 u: exact, as photometric_cpu.draw_rest computes it
+        "rot": (torch.floor(u(cr.SLOT_ROT) * 4.0) * float(r.rotate))[:, None],
     }

@@ -19,7 +19,7 @@ def caption(p: dict, b: int, v: int) -> list[str]:
             f"flip {int(p['flip'][b, v, 0])} gray {int(p['gray'][b, v, 0])} "
             f"sol {int(p['solarize'][b, v, 0])}",
             f"b{br:.2f} c{co:.2f} s{sa:.2f} h{hu:+.2f}",
-            f"blur sigma {p['blur'][b, v, 0]:.2f}"]
+            f"blur sigma {p['blur'][b, v, 0]:.2f} rot {int(p['rot'][b, v, 0]) * 90}"]
 
 
 def to_uint8(view: torch.Tensor) -> np.ndarray:

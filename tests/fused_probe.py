@@ -27,16 +27,17 @@ def kernel(device: str = "cpu", n: int = 32, size: int = 32) -> dict:
     raw view (levels off, share of values off) and the float view before
     rounding (largest difference, in 8-bit levels)."""
     from pipelines import photometric_cpu, photometric_triton, sampling
+    from pipelines.params import DRAWN_AT, WIDTH
     from pipelines.recipe import preset
 
     r = dataclasses.replace(preset("byol", size).views[1], jitter_p=0.9, blur_p=0.6,
-                            solarize_p=0.5, gray_p=0.3)
+                            solarize_p=0.5, gray_p=0.3, rotate=True)
     crops = noise_and_ramps(n, size)
     p = sampling.sample_rest(r, 0, 0, torch.arange(n), 0)
-    params = torch.zeros(n, 12)
-    params[:, 4:] = torch.from_numpy(photometric_cpu.rest_of(p))
+    params = torch.zeros(n, WIDTH)
+    params[:, DRAWN_AT:] = torch.from_numpy(photometric_cpu.rest_of(p))
     views, raw = photometric_triton.render(torch.from_numpy(crops).to(device),
-                                           params.to(device), 4, r, (0.0, 0.0, 0.0),
+                                           params.to(device), DRAWN_AT, r, (0.0, 0.0, 0.0),
                                            (1.0, 1.0, 1.0), torch.float32, keep_raw=True)
     assert views.is_contiguous(memory_format=torch.channels_last)
     levels, float_diff = [], 0.0
@@ -47,7 +48,8 @@ def kernel(device: str = "cpu", n: int = 32, size: int = 32) -> dict:
     levels = np.stack(levels)
     fired = {"gray": int(p["gray"].sum()), "blur": int((p["blur"] > 0).sum()),
              "solarize": int(p["solarize"].sum()), "hue": int((p["color"][:, 3] != 0).sum()),
-             "flip": int(p["flip"].sum())}
+             "flip": int(p["flip"].sum()),
+             "rot": int((p["rot"] != 0).sum())}
     return {"max_levels": int(levels.max()), "share_off": float((levels > 0).mean()),
             "max_float_levels": float_diff, "fired": fired, "n": n}
 
@@ -97,13 +99,15 @@ def ops(device: str = "cpu", batch: int = 16, size: int = 32) -> dict:
 
 
 def loader(data: str, device: str = "cpu") -> dict:
-    """dali-cpu with the Triton stage against the reference re-render (PSNR per
-    view) and against the numba stage's parameters (bit for bit)."""
+    """dali-cpu with the Triton stage (byol views and one rotated view) against the
+    reference re-render (PSNR per view) and against the numba stage's parameters
+    (bit for bit)."""
     from agreement import sources, view_psnrs
 
     from pipelines.build import LoaderConfig, build_loader
 
     cfg = dict(data=data, backend="dali-cpu", preset="byol", size=32, batch_size=24,
+               rotated_views=1,
                keep_raw=True, workers=1, device=device)
     fused = build_loader(LoaderConfig(**cfg, stage="triton"))
     plain = build_loader(LoaderConfig(**cfg, stage="auto" if device == "cpu" else "torch"))

@@ -109,9 +109,10 @@ def test_emitted_box_is_the_one_applied(small_dataset, backend):
 
 def test_batched_photometric_equals_reference_ops():
     r = dataclasses.replace(preset("byol", 32).views[1], jitter_p=0.9, blur_p=0.6,
-                            solarize_p=0.5, gray_p=0.3)
+                            solarize_p=0.5, gray_p=0.3, rotate=True)
     x = torch.rand(64, 3, 32, 32)
     p = sampling.sample_rest(r, 0, 0, torch.arange(64), 0)
+    assert all((p["rot"] == k).sum() >= 8 for k in range(4))  # every turn under test
     y = photometric.apply(x, p, r)
     for i in range(64):
         z = reference.photometric(x[i], {k: t[i] for k, t in p.items()})
@@ -128,7 +129,7 @@ def test_cpu_kernel_equals_reference_ops():
     from pipelines import photometric_cpu
 
     r = dataclasses.replace(preset("byol", 40).views[1], jitter_p=0.9, blur_p=0.6,
-                            solarize_p=0.5, gray_p=0.3)
+                            solarize_p=0.5, gray_p=0.3, rotate=True)
     n = 96
     crops = noise_and_ramps(n, 40)
     p = sampling.sample_rest(r, 0, 0, torch.arange(n), 0)
@@ -142,6 +143,7 @@ def test_cpu_kernel_equals_reference_ops():
     # Every op fired somewhere in the sample, so each one is under test.
     assert p["gray"].sum() > 10 and (p["blur"] > 0).sum() > 30 and p["solarize"].sum() > 30
     assert (p["color"][:, 3] != 0).sum() > 60 and p["flip"].sum() > 30
+    assert all((p["rot"] == k).sum() > 12 for k in range(4))
     assert diff.max() <= 1 and (diff > 0).mean() < 5e-3, (diff.max(), (diff > 0).mean())
 
 
@@ -149,7 +151,7 @@ def test_cpu_kernel_in_place_equals_out_of_place():
     """FFCV's op renders each crop in its own slot: src and out the same array."""
     from pipelines import photometric_cpu
 
-    r = preset("augself", 32).views[0]
+    r = dataclasses.replace(preset("augself", 32).views[0], rotate=True)
     crops = noise_and_ramps(16, 32, seed=1)
     rest = photometric_cpu.rest_of(sampling.sample_rest(r, 0, 0, torch.arange(16), 0))
     out = np.empty_like(crops)
@@ -158,13 +160,17 @@ def test_cpu_kernel_in_place_equals_out_of_place():
     assert np.array_equal(out, crops)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", [*PRESETS, "augself+rot"])
 def test_numba_draws_equal_torch_draws(name):
-    """FFCV's op draws REST in numba; sample_rest draws in torch: the same numbers,
-    bit for bit, so a backend may draw them on either side."""
+    """FFCV's op and the GPU stage draw each view's row in numba; sample_rest draws
+    in torch: the same numbers, bit for bit, so a backend may draw them on either
+    side."""
     from pipelines import photometric_cpu
+    from pipelines.recipe import with_rotated_views
 
-    recipe = preset(name, 32)
+    recipe = preset(name.removesuffix("+rot"), 32)
+    if name.endswith("+rot"):
+        recipe = with_rotated_views(recipe, 2, 16)
     idx = torch.arange(0, 3000, 7)
     for epoch in (0, 5):
         for v, vr in enumerate(recipe.views):
