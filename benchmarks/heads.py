@@ -1,6 +1,8 @@
 """Cost of the auxiliary objectives: one training step (forward, backward,
-optimiser step) of a method alone, with AugSelf (crop + colour rows) and with
-EquiMod, on fixed in-memory batches (the loader is left out: the figure is the
+optimiser step) of a method alone, with AugSelf (crop + colour rows), EquiMod,
+E-SSL (its 4 extra rotated views at half the side: one more backbone call over
+them, the head's cost included) and the conditioned projector, on fixed
+in-memory batches (the loader is left out: the figure is the
 model's cost), interleaved and timed side by side.
 
     python -m benchmarks.heads [--method simsiam] [--backbone small --size 32 --batch 256]
@@ -24,13 +26,14 @@ import torch
 from benchmarks.report import bar_plot, environment, write_section
 from pipelines import cli
 from pipelines.params import identity
-from pipelines.recipe import preset
+from pipelines.recipe import preset, with_rotated_views
 from trainer import optim, systems
 from trainer.build import build_objective
 from trainer.config import Config
 from trainer.dist import Env
 
-VARIANTS = ("none", "augself", "equimod", "condproj")
+VARIANTS = ("none", "augself", "equimod", "essl", "condproj")
+ESSL_VIEWS = 4  # the trainer's default --essl-views
 
 
 class FakeBatch:
@@ -38,13 +41,20 @@ class FakeBatch:
         self.views, self.params, self.labels = views, params, labels
 
 
-def make_batch(b: int, size: int, device, dtype):
+def make_batch(b: int, sizes: list[int], device, dtype):
+    """Random views of the given sides, parameters near the identity; views after
+    the first two get a quarter turn each (E-SSL's rotated views)."""
     g = torch.Generator().manual_seed(0)
-    views = [torch.randn(b, 3, size, size, generator=g).to(device, dtype)
-             .contiguous(memory_format=torch.channels_last) for _ in range(2)]
-    params = {k: (v + 0.1 * torch.rand(v.shape, generator=g)).to(device)
-              for k, v in identity(b, 2).items()}
-    return FakeBatch(views, params, torch.zeros(b, dtype=torch.long, device=device))
+    views = [torch.randn(b, 3, s, s, generator=g).to(device, dtype)
+             .contiguous(memory_format=torch.channels_last) for s in sizes]
+    params = {k: (v + 0.1 * torch.rand(v.shape, generator=g))
+              for k, v in identity(b, len(sizes)).items()}
+    params["rot"][:, 2:] = torch.randint(0, 4, params["rot"][:, 2:].shape, generator=g).float()
+    params = {k: v.to(device) for k, v in params.items()}
+    batch = FakeBatch(views, params, torch.zeros(b, dtype=torch.long, device=device))
+    batch.first = lambda n: FakeBatch(views[:n], {k: v[:, :n] for k, v in params.items()},
+                                      batch.labels)
+    return batch
 
 
 def step_time(model, opt, batch, steps: int, warmup: int, device) -> float:
@@ -87,21 +97,26 @@ def main(argv=None) -> int:
     # The trainer's own systems choice (bf16 autocast on GPU, fp32 on CPU).
     sysm = systems.choose(Config(data="-"), Env())
     device, dtype = sysm.device, sysm.dtype
-    recipe = preset("augself", a.size)
-    batch = make_batch(a.batch, a.size, device, dtype)
-    models = {}
+    small = max(8, a.size // 2)
+    plain = make_batch(a.batch, [a.size] * 2, device, dtype)
+    rotated = make_batch(a.batch, [a.size] * 2 + [small] * ESSL_VIEWS, device, dtype)
+    models, batches = {}, {}
     for aux in VARIANTS:
         cfg = Config(data="-", method=a.method, aux=aux, backbone=a.backbone, size=a.size,
-                     proj_hidden=a.proj, proj_dim=a.proj, probe=False)
+                     proj_hidden=a.proj, proj_dim=a.proj, probe=False, essl_views=ESSL_VIEWS)
+        recipe = preset("augself", a.size)
+        if aux == "essl":
+            recipe = with_rotated_views(recipe, ESSL_VIEWS, small)
         m = build_objective(cfg, recipe, 0).to(device).to(memory_format=torch.channels_last)
         opt = optim.build(m.param_groups(), "sgd", 0.01, 0.9, 5e-4)
         models[aux] = (m.train(), opt)
+        batches[aux] = rotated if aux == "essl" else plain
     times = {aux: [] for aux in VARIANTS}
     for r in range(a.repeats):
         for aux in VARIANTS:
             m, opt = models[aux]
             with sysm.autocast():
-                t = step_time(m, opt, batch, a.steps, a.warmup, device)
+                t = step_time(m, opt, batches[aux], a.steps, a.warmup, device)
             times[aux].append(t)
             print(f"repeat {r + 1}/{a.repeats} {a.method}+{aux}: {t * 1000:.1f} ms/step",
                   flush=True)
@@ -117,7 +132,7 @@ def main(argv=None) -> int:
         f"Command: `python -m benchmarks.heads --method {a.method} --backbone {a.backbone} "
         f"--size {a.size} --batch {a.batch} --proj {a.proj} --steps {a.steps} --warmup "
         f"{a.warmup} --repeats {a.repeats}` (fixed in-memory batches, 2 "
-        f"views, {a.steps} steps after {a.warmup} warm-up, median of {a.repeats} "
+        f"views, E-SSL {ESSL_VIEWS} more of {small} px, {a.steps} steps after {a.warmup} warm-up, median of {a.repeats} "
         f"interleaved repeats; {device.type}, {str(dtype).removeprefix('torch.')}).", "",
         environment(), "",
         "| variant | ms / step (median) | images / s | vs method alone (median paired ratio) |", "|---|---|---|---|",

@@ -25,6 +25,9 @@ SLOT_BLUR = 39
 SLOT_SIGMA = 40
 SLOT_SOLARIZE = 41
 SLOT_ROT = 42  # quarter turns: floor(4u) in {0, 1, 2, 3}
+# The per-sample turn shared by views with a rotate_shift: drawn with view key 0
+# (the same number for every view of the sample), then shifted per view.
+SLOT_ROT_SHARED = 43
 
 
 def _mix_np(x):

@@ -48,10 +48,10 @@ assert len(REST) == 9, "a new drawn field needs its draw (draw_rest) and its ren
 # position ROW[name]: the colour ranges as (lo, hi) pairs in b, c, s, h order.
 ROW: dict[str, int] = {n: i for i, n in enumerate((
     "flip_p", "jitter_p", "b_lo", "b_hi", "c_lo", "c_hi", "s_lo", "s_hi", "h_lo", "h_hi",
-    "gray_p", "blur_p", "sigma_lo", "sigma_hi", "solarize_p", "rotate"))}
-_R_FLIP, _R_JITTER, _R_COLOR, _R_GRAY, _R_BLUR, _R_SIGMA, _R_SOL, _R_ROT = (
+    "gray_p", "blur_p", "sigma_lo", "sigma_hi", "solarize_p", "rotate", "rotate_shift"))}
+_R_FLIP, _R_JITTER, _R_COLOR, _R_GRAY, _R_BLUR, _R_SIGMA, _R_SOL, _R_ROT, _R_SHIFT = (
     ROW[n] for n in ("flip_p", "jitter_p", "b_lo", "gray_p", "blur_p", "sigma_lo", "solarize_p",
-                     "rotate"))
+                     "rotate", "rotate_shift"))
 
 _uniform = numba.njit(cr.uniform_np)
 
@@ -61,7 +61,8 @@ def recipe_row(vr: ViewRecipe) -> np.ndarray:
     values = {"flip_p": vr.flip_p, "jitter_p": vr.jitter_p, "b_lo": b0, "b_hi": b1, "c_lo": c0,
               "c_hi": c1, "s_lo": s0, "s_hi": s1, "h_lo": h0, "h_hi": h1, "gray_p": vr.gray_p,
               "blur_p": vr.blur_p, "sigma_lo": vr.blur_sigma[0], "sigma_hi": vr.blur_sigma[1],
-              "solarize_p": vr.solarize_p, "rotate": float(vr.rotate)}
+              "solarize_p": vr.solarize_p, "rotate": float(vr.rotate),
+              "rotate_shift": float(vr.rotate_shift)}
     row = np.empty(len(ROW), dtype=np.float64)
     for name, i in ROW.items():
         row[i] = values[name]
@@ -102,7 +103,13 @@ def draw_rest(row, seed, epoch, index, view, out):
     lo, hi = row[_R_SIGMA], row[_R_SIGMA + 1]
     out[_BLUR] = (f32(lo) + f32(hi - lo) * u(cr.SLOT_SIGMA)) * blur_on
     out[_SOL] = coin(cr.SLOT_SOLARIZE, row[_R_SOL])
-    out[_ROT] = np.floor(u(cr.SLOT_ROT) * f32(4.0)) * f32(row[_R_ROT])
+    shift = row[_R_SHIFT]
+    if shift < 0:  # the view's own turn, or the sample's shared one shifted (sampling.turns)
+        turn = np.floor(u(cr.SLOT_ROT) * f32(4.0))
+    else:
+        t = np.floor(f32(_uniform(seed, epoch, index, 0, cr.SLOT_ROT_SHARED)) * f32(4.0))
+        turn = f32((t + f32(shift)) % f32(4.0))
+    out[_ROT] = turn * f32(row[_R_ROT])
 
 
 @numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")

@@ -28,8 +28,11 @@ class ViewRecipe:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # in output pixels
     solarize_p: float = 0.0
-    rotate: bool = False                  # a quarter-turn count drawn uniformly from {0,1,2,3}
-                                          # (E-SSL's four classes); False: never rotated
+    rotate: bool = False                  # turned by 0-3 quarter turns (E-SSL's four classes),
+                                          # uniformly; False: never turned
+    rotate_shift: int = -1                # -1: the view's own draw; 0-3: (t + shift) mod 4 with
+                                          # t one draw per sample shared by such views, so four
+                                          # views shifted 0-3 take every turn once
 
     def color_ranges(self) -> list[tuple[float, float]]:
         """torchvision's ranges: factors in [max(0, 1-s), 1+s], hue in [-h, h]."""
@@ -105,15 +108,20 @@ def with_jitter(recipe: Recipe, jitter: tuple[float, float, float, float]) -> Re
 
 
 def with_rotated_views(recipe: Recipe, count: int, size: int) -> Recipe:
-    """``recipe`` plus ``count`` views like its first one, at side ``size``, each
-    rotated by its own uniformly drawn quarter turn: E-SSL's rotation views
-    (Dangovski et al. 2022: on CIFAR-10 the first view's augmentation at half
-    the side; their code rotates one such view all four ways, here each extra
-    view is its own crop with its own turn, the turn a parameter like any other)."""
+    """``recipe`` plus ``count`` views like its first one, at side ``size``, turned:
+    E-SSL's rotation views (Dangovski et al. 2022: on CIFAR-10 the first view's
+    augmentation at half the side). Their code turns one such view all four
+    ways; here each extra view is its own crop, and the j-th one is turned by
+    (t + j) mod 4 quarter turns, t uniform per sample (``rotate_shift``): four
+    of them take every turn once, as theirs, so every batch holds each class
+    equally often (with independent turns the classes' shares wander by a few
+    percent a batch, and the rotation head's shared gradient with them: in
+    20-step runs here that alone made the head diverge)."""
     if count < 1 or size < 8:
         raise ValueError(f"rotated views: need count >= 1 and size >= 8, got {count}, {size}")
-    extra = replace(recipe.views[0], size=size, rotate=True)
-    return replace(recipe, name=f"{recipe.name}+rot{count}", views=recipe.views + (extra,) * count)
+    extra = tuple(replace(recipe.views[0], size=size, rotate=True, rotate_shift=j % 4)
+                  for j in range(count))
+    return replace(recipe, name=f"{recipe.name}+rot{count}", views=recipe.views + extra)
 
 
 def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
@@ -127,7 +135,8 @@ def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
 
 # Fields of a ViewRecipe a recipe spec may set, with how many numbers each takes.
 _VIEW_FIELDS = {"size": 1, "scale": 2, "ratio": 2, "flip_p": 1, "jitter": 4, "jitter_p": 1,
-                "gray_p": 1, "blur_p": 1, "blur_sigma": 2, "solarize_p": 1, "rotate": 1}
+                "gray_p": 1, "blur_p": 1, "blur_sigma": 2, "solarize_p": 1, "rotate": 1,
+                "rotate_shift": 1}
 
 
 def _view_overrides(d: dict, where: str) -> dict:
@@ -144,6 +153,11 @@ def _view_overrides(d: dict, where: str) -> dict:
             if not isinstance(v, bool) and v not in (0, 1):
                 raise ValueError(f"{where}: rotate is true or false, got {v!r}")
             out[k] = bool(v)
+            continue
+        if k == "rotate_shift":
+            if isinstance(v, bool) or v not in (-1, 0, 1, 2, 3):
+                raise ValueError(f"{where}: rotate_shift is -1 (own draw) or 0-3, got {v!r}")
+            out[k] = int(v)
             continue
         vals = v if isinstance(v, (list, tuple)) else [v]
         if len(vals) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -171,7 +185,7 @@ def from_spec(spec: dict, base: Recipe, where: str = "recipe") -> Recipe:
                                           repeats its last view)
 
     View settings are ViewRecipe's fields (size, scale, ratio, flip_p, jitter,
-    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate); unknown keys and bad values
+    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate, rotate_shift); unknown keys and bad values
     are errors naming ``where`` and the key."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping with 'all' and/or 'views'")

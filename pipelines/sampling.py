@@ -106,6 +106,16 @@ def crop_fields(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> n
     return (boxes / hw).astype(np.float32)
 
 
+def turns(r: ViewRecipe, seed: int, epoch: int, index: torch.Tensor, view: int) -> torch.Tensor:
+    """Quarter turns of view ``view`` (float32 (B,)) if its recipe rotates: floor(4u)
+    of the view's own uniform, or, with a rotate_shift s, (floor(4t) + s) mod 4 of
+    the sample's shared uniform t (all exact in float32, as photometric_cpu draws)."""
+    if r.rotate_shift < 0:
+        return torch.floor(cr.uniform_torch(seed, epoch, index, view, cr.SLOT_ROT) * 4.0)
+    t = torch.floor(cr.uniform_torch(seed, epoch, index, 0, cr.SLOT_ROT_SHARED) * 4.0)
+    return torch.remainder(t + float(r.rotate_shift), 4.0)
+
+
 def sample_rest(recipe_view: ViewRecipe, seed: int, epoch: int, index: torch.Tensor,
                 view: int) -> dict[str, torch.Tensor]:
     """The drawn fields (params.DRAWN) of samples ``index`` (B,) of view ``view``:
@@ -133,6 +143,5 @@ def sample_rest(recipe_view: ViewRecipe, seed: int, epoch: int, index: torch.Ten
         "gray": coin(cr.SLOT_GRAY, r.gray_p)[:, None],
         "blur": sigma[:, None],
         "solarize": coin(cr.SLOT_SOLARIZE, r.solarize_p)[:, None],
-        # floor(4u) of a float32 u: exact, as photometric_cpu.draw_rest computes it
-        "rot": (torch.floor(u(cr.SLOT_ROT) * 4.0) * float(r.rotate))[:, None],
+        "rot": (turns(r, seed, epoch, index, view) * float(r.rotate))[:, None],
     }

@@ -82,11 +82,30 @@ def _naive_head(heads, r, widths, hidden):
     return m
 
 
+def _naive_term(r, pred, want):
+    """One row's loss as the paper states it, on its separate head's output."""
+    F = torch.nn.functional
+    if r.loss == "bce":
+        return F.binary_cross_entropy_with_logits(pred, want)
+    if r.loss == "ce":  # the class of each pair: which one-hot column is set
+        return F.cross_entropy(pred, want.argmax(1))
+    return ((torch.tanh(pred) - want) ** 2).mean()
+
+
+def test_augself_rot_row_is_turns_apart_mod_4():
+    p = identity(3, 2)
+    p["rot"][:, 0, 0] = torch.tensor([0.0, 3.0, 1.0])
+    p["rot"][:, 1, 0] = torch.tensor([0.0, 1.0, 2.0])
+    t = augself.targets(augself.rows({"rot": 1.0}), p, preset("augself", 32))["rot"]
+    # (v1, v2): 0, 2, 3 (1 - 2 = -1 = 3 mod 4); (v2, v1): 0, 2, 1
+    assert t.argmax(1).tolist() == [0, 2, 3, 0, 2, 1] and (t.sum(1) == 1).all()
+
+
 def test_augself_zero_weight_removes_row_and_loss_matches_naive():
     """The batched head and loss against separate per-row heads (copied from its
     blocks) and the per-row target functions, one sample pair at a time."""
-    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "gray": 0.0})
-    assert [r.field for r in table] == ["crop", "color", "flip"]
+    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "gray": 0.0, "rot": 0.5})
+    assert [r.field for r in table] == ["crop", "color", "flip", "rot"]
     torch.manual_seed(0)
     recipe = preset("augself", 32)
     head = AugSelf(8, table, recipe, hidden=16).eval()
@@ -96,6 +115,7 @@ def test_augself_zero_weight_removes_row_and_loss_matches_naive():
             bn.running_var.uniform_(0.5, 2.0)
     f1, f2 = torch.randn(3, 8), torch.randn(3, 8)
     params = params_by_hand()
+    params["rot"][:, :, 0] = torch.tensor([[1.0, 0.0], [2.0, 3.0], [3.0, 3.0]])
     out = head([f1, f2], B(params))
     want = augself.targets(table, params, recipe)
     widths = [r.width for r in table]
@@ -105,10 +125,7 @@ def test_augself_zero_weight_removes_row_and_loss_matches_naive():
         pred = torch.stack([naive(torch.cat(pair)[None])[0]
                             for pair in [(f1[k], f2[k]) for k in range(3)]
                             + [(f2[k], f1[k]) for k in range(3)]])
-        if r.loss == "bce":
-            term = torch.nn.functional.binary_cross_entropy_with_logits(pred, want[r.field])
-        else:
-            term = ((torch.tanh(pred) - want[r.field]) ** 2).mean()
+        term = _naive_term(r, pred, want[r.field])
         assert out[f"augself/{r.field}"].item() == pytest.approx(term.item(), rel=1e-5)
         total += r.weight * term.item()
     assert out["loss"].item() == pytest.approx(total, rel=1e-5)
@@ -117,7 +134,7 @@ def test_augself_zero_weight_removes_row_and_loss_matches_naive():
 def test_batched_head_trains_like_separate_heads():
     """Training mode (batch statistics, running statistics updated) and gradients:
     the batched head against separate per-row heads on the same batch of pairs."""
-    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25})
+    table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "rot": 0.5})
     torch.manual_seed(1)
     recipe = preset("augself", 32)
     head = AugSelf(8, table, recipe, hidden=16)
@@ -125,17 +142,13 @@ def test_batched_head_trains_like_separate_heads():
     naive = [_naive_head(head.heads, i, widths, 16).train() for i in range(len(table))]
     f1, f2 = torch.randn(3, 8), torch.randn(3, 8)
     params = params_by_hand()
+    params["rot"][:, :, 0] = torch.tensor([[1.0, 0.0], [2.0, 3.0], [3.0, 3.0]])
     head([f1, f2], B(params))["loss"].backward()
     want = augself.targets(table, params, recipe)
     z = torch.cat([torch.cat([f1, f2], 1), torch.cat([f2, f1], 1)])  # (v1, v2) then (v2, v1)
     total = 0.0
     for r, m in zip(table, naive):
-        pred = m(z)
-        if r.loss == "bce":
-            term = torch.nn.functional.binary_cross_entropy_with_logits(pred, want[r.field])
-        else:
-            term = ((torch.tanh(pred) - want[r.field]) ** 2).mean()
-        total = total + r.weight * term
+        total = total + r.weight * _naive_term(r, m(z), want[r.field])
     total.backward()
     h, H = head.heads, 16
     o = 0
@@ -162,7 +175,7 @@ def test_batched_targets_equal_the_row_definitions():
     import dataclasses
 
     table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
-                                           "solarize")})
+                                           "solarize", "rot")})
     base = preset("byol", 32)
     recipe = dataclasses.replace(base, views=(
         base.views[0], dataclasses.replace(base.views[1], jitter=(0.2, 0.6, 0.3, 0.05))))
@@ -172,6 +185,7 @@ def test_batched_targets_equal_the_row_definitions():
         params[k] = torch.rand(params[k].shape, generator=g)
     for k in ("flip", "gray", "solarize"):
         params[k] = params[k].round()
+    params["rot"] = (params["rot"] * 4).floor()
     head = AugSelf(8, table, recipe, hidden=4)
     want = augself.targets(table, params, recipe)
     got = head.targets(params)

@@ -116,3 +116,22 @@ def test_every_backend_emits_and_applies_the_turns(small_dataset):
             assert [x.shape[1] for x in b.raw] == [24, 24, 12, 12]
             per_view = np.median(view_psnrs(b, recipe, srcs), axis=0)
             assert (per_view > 33).all(), (backend, per_view)
+
+
+def test_four_rotated_views_take_every_turn_once():
+    """E-SSL's four turns of each image: the extra views' shifted turns are a
+    permutation of 0-3 for every sample, so every batch is balanced; the
+    sample's turn t itself is uniform."""
+    recipe = with_rotated_views(preset("augself", 32), 4, 16)
+    idx = torch.arange(4000)
+    t = torch.stack([sampling.sample_rest(vr, 0, 3, idx, v)["rot"][:, 0]
+                     for v, vr in enumerate(recipe.views)], 1)
+    assert (t[:, :2] == 0).all()
+    assert (t[:, 2:].sort(1).values == torch.arange(4.0)).all()
+    counts = torch.bincount(t[:, 2].long(), minlength=4)
+    assert ((counts - 1000).abs() < 120).all(), counts
+    # numba's draw of the same rows (FFCV's op, the GPU stage) agrees bit for bit
+    rows = photometric_cpu.recipe_rows(recipe)
+    got = np.zeros((64, recipe.num_views, len(photometric_cpu.REST)), np.float32)
+    photometric_cpu.draw_rest_batch(rows, 0, 3, np.arange(64), got)
+    assert np.array_equal(got[..., photometric_cpu._ROT], t[:64].numpy())

@@ -6,7 +6,9 @@ target). One head per row with a positive weight, Linear(2F, 512)-BN-ReLU-
 Linear(512, 512)-BN-ReLU-Linear(512, k) on [f(v1), f(v2)], trained on both
 orders (v1, v2) and (v2, v1) (paper Eq. 3 and Sec. 3; the reference code's
 ``load_ss_predictor`` and ``SSObjective``). Regression rows use MSE on
-tanh(prediction); flip is same-or-not with BCE. It wraps any method: it only
+tanh(prediction); flip is same-or-not with BCE; rotation is a 4-way
+classification of the difference of quarter turns mod 4 (cross-entropy), as
+the paper treats its discrete rotation augmentation. It wraps any method: it only
 reads ``feats`` of the first two views and ``batch.params``.
 
 Targets from the raw parameters of the schema (pipelines/params.py), view a
@@ -21,6 +23,8 @@ minus view b:
 - flip: 1 when both views were flipped or neither.
 - blur: sigma_a - sigma_b (0 for a view without blur).
 - gray, solarize: flag_a - flag_b (optional rows, off by default).
+- rot: (turns_a - turns_b) mod 4, one of four classes (optional, off by
+  default; the views must rotate: a recipe with ``rotate: true``).
 
 One batched head (issue 10: launch-light). Every row's code is affine in the
 view's parameters, so all targets of both orders come from one matrix product
@@ -46,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.params import FIELDS, OFFSETS, WIDTH
+from pipelines.params import OFFSETS, WIDTH, join
 from pipelines.recipe import Recipe, ViewRecipe
 
 Target = Callable[[dict, int, int, Recipe], torch.Tensor]
@@ -77,6 +81,12 @@ def _same_flip(p, a, b, recipe):
     return (p["flip"][:, a] == p["flip"][:, b]).float()
 
 
+def _turns_apart(p, a, b, recipe):
+    """(turns_a - turns_b) mod 4 as a one-hot row of four classes."""
+    d = torch.remainder(p["rot"][:, a] - p["rot"][:, b], 4.0)
+    return (d == torch.arange(4.0, device=d.device)).float()
+
+
 def _difference(field):
     def target(p, a, b, recipe):
         return p[field][:, a] - p[field][:, b]
@@ -87,7 +97,7 @@ def _difference(field):
 class Row:
     field: str
     width: int
-    loss: str        # "mse_tanh" or "bce"
+    loss: str        # "mse_tanh", "bce" or "ce" (classes: one-hot targets, width logits)
     weight: float
     target: Target   # the definition: view a minus view b (or same-or-not, for bce)
 
@@ -100,7 +110,8 @@ def rows(weights: dict[str, float]) -> list[Row]:
              Row("blur", 1, "mse_tanh", weights.get("blur", 0.0), _difference("blur")),
              Row("gray", 1, "mse_tanh", weights.get("gray", 0.0), _difference("gray")),
              Row("solarize", 1, "mse_tanh", weights.get("solarize", 0.0),
-                 _difference("solarize"))]
+                 _difference("solarize")),
+             Row("rot", 4, "ce", weights.get("rot", 0.0), _turns_apart)]
     unknown = set(weights) - {r.field for r in table}
     if unknown:
         raise ValueError(f"unknown AugSelf rows {sorted(unknown)}")
@@ -117,7 +128,9 @@ def targets(table: list[Row], params: dict, recipe: Recipe) -> dict[str, torch.T
 
 def _code(row: Row, vr: ViewRecipe) -> tuple[torch.Tensor, torch.Tensor]:
     """The row's code of one view as an affine map of its flattened parameters:
-    code = p @ M + c, M (12, width), c (width,)."""
+    code = p @ M + c, M (params.WIDTH, width), c (width,). A "ce" row's code is
+    its value repeated in each class column; the difference of two views' codes
+    becomes one-hot there (AugSelf.targets)."""
     M, c = torch.zeros(WIDTH, row.width), torch.zeros(row.width)
     o = OFFSETS[row.field]
     if row.field == "crop":  # (y0, x0, h, w) -> (y0 + h/2, x0 + w/2, h, w)
@@ -128,8 +141,8 @@ def _code(row: Row, vr: ViewRecipe) -> tuple[torch.Tensor, torch.Tensor]:
         for k, ((lo, hi), centre) in enumerate(zip(vr.color_ranges(), (1.0, 1.0, 1.0, 0.0))):
             width = (hi - lo) or 1.0
             M[o + k, k], c[k] = 1.0 / width, -centre / width
-    else:  # flip, blur, gray, solarize: the value itself
-        M[o, 0] = 1.0
+    else:  # flip, blur, gray, solarize: the value itself (rot: in each class column)
+        M[o, :] = 1.0
     return M, c
 
 
@@ -215,30 +228,39 @@ class AugSelf(nn.Module):
         self.heads = RowHeads(2 * features, hidden, widths)
         M, c = code_map(table, recipe)
         same = torch.cat([torch.full((r.width,), float(r.loss == "bce")) for r in table])
-        # per column: 1/width of its row (the row's mean), and row membership
+        # per column: 1/width of its row (the row's mean; a "ce" row's columns sum
+        # to its cross-entropy: weight 1), and row membership
         member = torch.zeros(sum(widths), len(table))
-        o = 0
+        o, self.ce_rows = 0, []
         for i, r in enumerate(table):
-            member[o:o + r.width, i] = 1.0 / r.width
+            member[o:o + r.width, i] = 1.0 if r.loss == "ce" else 1.0 / r.width
+            if r.loss == "ce":
+                self.ce_rows.append((o, o + r.width))
             o += r.width
+        cls = torch.zeros(sum(widths))  # a "ce" column's class
+        for a, b in self.ce_rows:
+            cls[a:b] = torch.arange(b - a, dtype=torch.float32)
         weight = torch.tensor([float(r.weight) for r in table])
         self.has_bce = bool(same.any())
         # Built once, moved with the module: no host-to-device copy in the step.
         # [code(v1) - code(v2), code(v2) - code(v1)] = [p1, p2] @ [M, -M] + [c, -c]
         for name, t in (("code_m", torch.cat([M, -M], 1)), ("code_c", torch.cat([c, -c])),
-                        ("same", same.bool()), ("member", member),
+                        ("same", same.bool()), ("member", member), ("cls", cls),
                         ("col_weight", member @ weight)):
             self.register_buffer(name, t, persistent=False)
 
     def targets(self, params: dict) -> torch.Tensor:
         """Every row's targets, both orders interleaved: (2B, sum of widths), rows
         side by side; row 2i is (v1, v2) of sample i, row 2i+1 is (v2, v1)."""
-        p = torch.cat([params[k] for k in FIELDS], dim=-1)[:, :2].reshape(-1, 2 * WIDTH)
+        p = join(params)[:, :2].reshape(-1, 2 * WIDTH)
         # parameters are float32 (the Batch contract), the buffers too but in an fp64 run
         d = torch.addmm(self.code_c, p.to(self.code_m.dtype), self.code_m)
         d = d.view(len(p) * 2, -1)
         if self.has_bce:                                      # same-or-not: 1 - |f1 - f2|
             d = torch.where(self.same, 1.0 - d.abs(), d)
+        for a, b in self.ce_rows:                             # one-hot of the class mod k
+            d = torch.cat([d[:, :a], (torch.remainder(d[:, a:b], b - a) == self.cls[a:b])
+                           .to(d.dtype), d[:, b:]], 1)
         return d
 
     def forward(self, feats: list[torch.Tensor], batch) -> dict[str, torch.Tensor]:
@@ -255,6 +277,9 @@ class AugSelf(nn.Module):
             if self.has_bce:
                 bce = F.binary_cross_entropy_with_logits(pred, want, reduction="none")
                 err = torch.where(self.same, bce, err)
+            for a, b in self.ce_rows:  # -log p(class) in the target's column, 0 elsewhere
+                ce = -F.log_softmax(pred[:, a:b], dim=1) * want[:, a:b]
+                err = torch.cat([err[:, :a], ce, err[:, b:]], 1)
             col = err.mean(0)                                 # each column's mean
             total = col @ self.col_weight                     # sum of weighted row means
         logs = col.detach() @ self.member

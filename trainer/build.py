@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from pipelines.recipe import Recipe
-from trainer import augself, condproj, equimod
+from trainer import augself, condproj, equimod, essl
 from trainer.config import Config
 from trainer.methods import METHODS, Heads
 from trainer.models import build_backbone
@@ -26,6 +26,14 @@ def heads(cfg: Config, num_classes: int) -> Heads:
                  vicreg=tuple(float(x) for x in cfg.vicreg_coeffs.split(",")))
 
 
+def rotated_views(cfg: Config) -> tuple[int, int | None]:
+    """(count, side) of the views only an auxiliary head looks at, appended to the
+    recipe by the loader: E-SSL's rotated views, else none."""
+    if cfg.aux == "essl":
+        return cfg.essl_views, cfg.essl_size or None
+    return 0, None
+
+
 def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:
     torch.manual_seed(cfg.seed)
     backbone, features = build_backbone(cfg.backbone, stem_for(cfg))
@@ -36,6 +44,12 @@ def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:
     elif cfg.aux == "equimod":
         aux = equimod.EquiMod(features, temperature=cfg.equimod_temperature,
                               weight=cfg.equimod_weight)
+    elif cfg.aux == "essl":
+        first = recipe.num_views - cfg.essl_views
+        if first < 1 or not all(v.rotate for v in recipe.views[first:]):
+            raise ValueError(f"--aux essl: the recipe's last {cfg.essl_views} views must be "
+                             "the rotated ones (build the loader with rotated_views(cfg))")
+        aux = essl.ESSL(features, first, cfg.essl_views, weight=cfg.essl_weight)
     else:  # none, or condproj: no loss of its own, the method's projector is conditioned
         aux = None
     if cfg.aux == "condproj":

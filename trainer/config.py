@@ -42,16 +42,17 @@ class Config:
     recipe: dict | None = opt(None, "your own augmentation recipe on top of --preset (best "
                               "in a --config file): {all: {view settings}, views: [{view "
                               "settings}, ...]}; settings: size, scale, ratio, flip_p, jitter, "
-                              "jitter_p, gray_p, blur_p, blur_sigma, solarize_p (README)")
+                              "jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate (README)")
     workers: int = opt(2, "loader worker processes / threads")
     # model and method
     method: str = opt("simsiam", "SSL method",
                       ["simsiam", "simclr", "moco", "byol", "swav", "barlow", "vicreg",
                        "supervised"])
     aux: str = opt("none", "auxiliary objective around the method: augself (predict the "
-                   "parameters' difference), equimod (equivariant latent), condproj (the "
-                   "projector is told each view's parameters, after CASSLE)",
-                   ["none", "augself", "equimod", "condproj"])
+                   "parameters' difference), equimod (equivariant latent), essl (predict "
+                   "the four-fold rotation of extra views, E-SSL), condproj (the projector "
+                   "is told each view's parameters, after CASSLE)",
+                   ["none", "augself", "equimod", "essl", "condproj"])
     backbone: str = opt("resnet18", "backbone: resnet18, resnet50 (torchvision), small (a "
                         "CPU-sized ResNet) or timm:NAME (any timm model, classifier removed; "
                         "e.g. timm:vit_small_patch16_224)")
@@ -76,6 +77,14 @@ class Config:
     augself_blur: float = opt(0.0, "AugSelf weight of the blur row")
     augself_gray: float = opt(0.0, "AugSelf weight of the grayscale row")
     augself_solarize: float = opt(0.0, "AugSelf weight of the solarize row")
+    augself_rot: float = opt(0.0, "AugSelf weight of the rotation row (quarter turns apart, "
+                             "mod 4; the views must rotate: recipe 'rotate: true')")
+    essl_weight: float = opt(0.4, "E-SSL rotation loss weight (their CIFAR-10 and ImageNet "
+                             "SimCLR setting)")
+    essl_views: int = opt(4, "E-SSL: extra views, each with its own crop and quarter turn, "
+                          "that only the rotation head sees")
+    essl_size: int = opt(0, "E-SSL: side of the extra views (0: half of --size, as E-SSL on "
+                         "CIFAR-10)")
     equimod_weight: float = opt(1.0, "EquiMod loss weight")
     equimod_temperature: float = opt(0.2, "EquiMod InfoNCE temperature")
     probe: bool = opt(True, "online linear probe on detached features (needs labels)")
@@ -165,11 +174,11 @@ def validate(cfg: Config, where: str = "config") -> None:
                              f"{', '.join(choices)}")
     if not cfg.data:
         raise ValueError(f"{where}: --data is required (a converted dataset folder)")
-    for name in ("epochs", "batch_size", "size", "log_every", "max_bad_steps"):
+    for name in ("epochs", "batch_size", "size", "log_every", "max_bad_steps", "essl_views"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
     for name in ("max_steps", "ckpt_every", "workers", "small_size", "warmup_epochs",
-                 "view_grid_every"):
+                 "view_grid_every", "essl_size"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{where}: {name} must be >= 0 (0: {_zero_means(name)})")
     if cfg.jitter:
@@ -229,7 +238,8 @@ def check_environment(cfg: Config) -> None:
 def _zero_means(name: str) -> str:
     return {"max_steps": "run every epoch", "ckpt_every": "at the end of each epoch",
             "workers": "load in the main process", "small_size": "96/224 of --size",
-            "warmup_epochs": "no warm-up"}[name]
+            "warmup_epochs": "no warm-up", "view_grid_every": "no pictures of the views",
+            "essl_size": "half of --size"}[name]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,5 +1,10 @@
 """The model the loop trains: one method, optional auxiliary objectives built
-around it (AugSelf or EquiMod), and an online linear probe.
+around it (AugSelf, EquiMod or E-SSL), and an online linear probe.
+
+An auxiliary head may look at views of its own, appended after the method's
+(``aux.extra_views`` of them, E-SSL's rotated views): the method then gets the
+batch of its own views only, and the head gets the backbone's features of the
+extra ones, from one backbone call over all of them.
 
 ``forward(batch)`` returns the total ``"loss"`` and detached tensors to log:
 ``ssl`` (the method's loss), the auxiliary terms, ``probe/loss`` and
@@ -35,11 +40,15 @@ class Objective(nn.Module):
         self.method, self.aux, self.probe = method, aux, probe
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        out = self.method(batch)
+        extra = getattr(self.aux, "extra_views", 0)
+        out = self.method(batch.first(len(batch.views) - extra) if extra else batch)
         feats = out.pop("feats")
         total = out.pop("loss")
         logs = {"ssl": total.detach()}
-        for part in (self.aux(feats, batch) if self.aux is not None else None,
+        aux_args = (feats, batch)
+        if extra:
+            aux_args += (self.method.backbone(torch.cat(batch.views[-extra:])),)
+        for part in (self.aux(*aux_args) if self.aux is not None else None,
                      self.probe(feats[0], batch.labels) if self.probe is not None else None):
             if part is not None:
                 total = total + part.pop("loss")

@@ -35,7 +35,7 @@ from pipelines.checks import DamagedSample
 from pipelines.integrity import read_manifest
 from pipelines.recipe import parse_jitter, to_spec
 from trainer import checkpoint, dist, optim, systems
-from trainer.build import build_objective
+from trainer.build import build_objective, rotated_views
 from trainer.config import Config, check_environment, from_argv, to_dict
 from trainer.models import backbone_state_dict
 from trainer.runlog import Metrics, progress_bar, write_config
@@ -178,8 +178,10 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             print(f"removed a temporary a killed run left behind: {p}", file=sys.stderr)
     sysm = systems.choose(cfg, env)
     preset = resolve_preset(cfg)
+    n_rotated, rotated_size = rotated_views(cfg)
     loader = build_loader(LoaderConfig(
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
+        rotated_views=n_rotated, rotated_size=rotated_size,
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
         jitter=parse_jitter(cfg.jitter) if cfg.jitter else None, recipe=cfg.recipe,
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
