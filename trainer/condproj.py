@@ -13,8 +13,9 @@ of the wrapped online one, so the momentum update covers the encoder too.
 Methods call ``self.project(f, batch, v)`` (methods.Method), which passes view
 v's parameters when the projector is conditioned.
 
-Sizes: the encoder is BN(12, no affine) standardising the 12 schema values
-(as EquiMod's embedding does), then Linear(12, 64)-ReLU-Linear(64, 64); CASSLE's
+Sizes: the encoder is BN(W, no affine) standardising the W = params.WIDTH
+schema values (13: rotation included; as EquiMod's embedding does), then
+Linear(W, 64)-ReLU-Linear(64, 64); CASSLE's
 own sizes differ per setting, this is a small default, ``emb_dim`` changes it.
 """
 

@@ -4,7 +4,7 @@ ask the backbone to keep; Lee et al. 2021 Sec. 4 analyse the same question).
 
 Views are rendered by the project's own loader (pipelines/build.py) with the
 run's recipe, one pass over the split in file order, both views of every
-sample used as single views; each view's 12 parameters (pipelines/params.py,
+sample used as single views; each view's parameters (pipelines/params.py,
 NAMES) are the targets of a ridge regression fitted on the train split's views
 and scored on the test split's (R^2 per parameter). A parameter that never
 varies under the recipe (e.g. solarize off) has no R^2 (None).
@@ -23,7 +23,7 @@ from pipelines.params import FIELDS, NAMES
 @torch.no_grad()
 def view_features(backbone: torch.nn.Module, loader_cfg: LoaderConfig, device="cpu",
                   progress: bool = True, max_views: int | None = None):
-    """-> (features (M, F), parameters (M, 12)) of single augmented views, on CPU."""
+    """-> (features (M, F), parameters (M, params.WIDTH)) of single augmented views, on CPU."""
     from tqdm import tqdm
 
     loader = build_loader(loader_cfg)
@@ -33,7 +33,7 @@ def view_features(backbone: torch.nn.Module, loader_cfg: LoaderConfig, device="c
     bar = tqdm(total=len(loader), disable=not progress, unit="batch", file=sys.stderr,
                desc="augmented views", dynamic_ncols=True)
     for batch in loader:
-        flat = torch.cat([batch.params[k] for k in FIELDS], -1)  # (B, V, 12)
+        flat = torch.cat([batch.params[k] for k in FIELDS], -1)  # (B, V, WIDTH)
         for v in range(min(2, len(batch.views))):
             x = batch.views[v].to(device).float().contiguous(memory_format=torch.channels_last)
             feats.append(backbone(x).float().cpu())
