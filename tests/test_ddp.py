@@ -5,7 +5,9 @@ Why it can: the epoch order is cut into global batches and rank r takes the
 r-th slice of each (pipelines/epochs.py); every augmentation draw is keyed by
 (seed, epoch, sample index, view); BatchNorm is synchronised (trainer/sync_bn.py
 on CPU); NT-Xent gathers negatives with gradient, MoCo enqueues the gathered
-keys, Sinkhorn sums over ranks (trainer/losses.py); DDP averages gradients.
+keys, Sinkhorn sums over ranks (trainer/losses.py); DDP averages gradients (E-SSL:
+its extra backbone call over the rotated views sits in the same wrapped forward,
+its batch statistics synchronised like the method's).
 
 Tolerance: "float tolerance" is measured, not guessed. Float32 sums taken in
 another order (two ranks of one thread against one process of two threads)
@@ -43,6 +45,7 @@ import trainrun
 @pytest.mark.parametrize("method,aux,backend,precision", [
     ("simsiam", "augself", "torchvision", "fp32"), ("simclr", "equimod", "torchvision", "fp32"),
     ("moco", "none", "torchvision", "fp32"), ("swav", "none", "torchvision", "fp32"),
+    ("byol", "essl", "torchvision", "fp32"),
     pytest.param("simsiam", "augself", "dali-cpu", "fp64", marks=pytest.mark.dali)])
 def test_two_ranks_equal_one_process(tiny_dataset, tmp_path, method, aux, backend, precision):
     base = trainrun.args(tiny_dataset, tmp_path / "x", "--method", method, "--aux", aux,

@@ -190,14 +190,14 @@ def test_wandb_gets_the_same_scalars_and_a_picture(tmp_path, monkeypatch):
     fake.init = lambda **kw: calls.append(("init", kw["mode"])) or Run()
     fake.Image = lambda array: ("image", array.shape)
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    from pipelines.params import identity
     from trainer.watch import Watch, check
 
     check(False, "offline")
     w = Watch(tmp_path, tensorboard=False, wandb="offline", resume_step=None, config={})
     w.scalars({"step": 3, "loss": 1.5, "lr": 0.1, "probe_acc": None, "stopped": "x"})
     B, V = 2, 2
-    params = {"crop": torch.rand(B, V, 4), "color": torch.rand(B, V, 4),
-              **{k: torch.zeros(B, V, 1) for k in ("flip", "gray", "solarize", "blur")}}
+    params = {**identity(B, V), "crop": torch.rand(B, V, 4), "color": torch.rand(B, V, 4)}
     batch = types.SimpleNamespace(views=[torch.zeros(B, 3, 16, 16)] * V, params=params)
     w.views(batch, 3)
     w.close()
