@@ -1,6 +1,6 @@
-"""Batched flip, rotation, colour jitter, grayscale, blur and solarize in torch, on the
-training device: the same semantics as reference.photometric, one call per view
-for the whole batch.
+"""Batched flip, rotation, colour jitter, grayscale, blur and solarize in torch,
+on the training device: the same semantics as reference.photometric, one call
+per view for the whole batch.
 
 Why torch and not DALI's colour operators: torchvision's hue is a shift in HSV,
 DALI's ``color_twist`` rotates in YIQ (~32 dB apart, DESIGN.md); in torch the

@@ -185,8 +185,8 @@ def from_spec(spec: dict, base: Recipe, where: str = "recipe") -> Recipe:
                                           repeats its last view)
 
     View settings are ViewRecipe's fields (size, scale, ratio, flip_p, jitter,
-    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate, rotate_shift); unknown keys and bad values
-    are errors naming ``where`` and the key."""
+    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate, rotate_shift);
+    unknown keys and bad values are errors naming ``where`` and the key."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping with 'all' and/or 'views'")
     unknown = sorted(set(spec) - {"all", "views"})

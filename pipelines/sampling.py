@@ -7,7 +7,9 @@ instead of torch's global generator. It is plain numpy-scalar code so that the
 FFCV op compiles it with numba as it is.
 
 ``sample_rest`` draws every field after the crop (params.DRAWN: flip, colour,
-grayscale, blur, solarize, rotation) for a batch in torch; every backend calls it, so they agree on those draws by construction.
+grayscale, blur, solarize, rotation) for a batch in torch; every backend calls
+it (or photometric_cpu.draw_rest, its bit-exact numba twin), so they agree on
+those draws by construction.
 """
 
 from __future__ import annotations

@@ -34,8 +34,9 @@ def test_turns_are_uniform_and_off_unless_the_recipe_rotates():
 def test_a_turned_view_is_rot90_of_the_unturned_one(flip):
     """Every renderer: the view with k quarter turns equals torch.rot90 (counter-
     clockwise, (H, W) axes) of the same view with none: bit for bit from the
-    numba kernel, within float32 roundoff (1e-5 of [0, 1]: the mean luma for contrast is
-    summed in another order; hue amplifies it a little) from the reference and the batched torch stage.
+    numba kernel; within float32 roundoff from the reference and the batched
+    torch stage (1e-5 of [0, 1]: their mean luma for contrast is summed in
+    another order, and the hue shift amplifies that a little).
     No blur here: blurring a turned view runs its two passes over the other
     axes first, float roundoff apart; the agreement tests cover that case."""
     vr = dataclasses.replace(preset("augself", 24).views[0], blur_p=0.0, rotate=True)

@@ -3,6 +3,8 @@ Built on CPU in float32 from the run's seed, before any systems choice."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from pipelines.recipe import Recipe
@@ -50,6 +52,10 @@ def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:
             raise ValueError(f"--aux essl: the recipe's last {cfg.essl_views} views must be "
                              "the rotated ones (build the loader with rotated_views(cfg))")
         aux = essl.ESSL(features, first, cfg.essl_views, weight=cfg.essl_weight)
+        if cfg.warmup_epochs == 0:
+            print("warning: --aux essl without a warm-up: E-SSL trains with 10 warm-up epochs, "
+                  "and its head can overshoot without one (--warmup-epochs 10)",
+                  file=sys.stderr)
     else:  # none, or condproj: no loss of its own, the method's projector is conditioned
         aux = None
     if cfg.aux == "condproj":
