@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.report import bar_plot, environment, write_section
 from pipelines import cli
+from pipelines.batch import Batch
 from pipelines.params import identity
 from pipelines.recipe import preset, with_rotated_views
 from trainer import optim, systems
@@ -34,11 +35,6 @@ from trainer.dist import Env
 
 VARIANTS = ("none", "augself", "equimod", "essl", "condproj")
 ESSL_VIEWS = 4  # the trainer's default --essl-views
-
-
-class FakeBatch:
-    def __init__(self, views, params, labels):
-        self.views, self.params, self.labels = views, params, labels
 
 
 def make_batch(b: int, sizes: list[int], device, dtype):
@@ -51,10 +47,8 @@ def make_batch(b: int, sizes: list[int], device, dtype):
               for k, v in identity(b, len(sizes)).items()}
     params["rot"][:, 2:] = torch.randint(0, 4, params["rot"][:, 2:].shape, generator=g).float()
     params = {k: v.to(device) for k, v in params.items()}
-    batch = FakeBatch(views, params, torch.zeros(b, dtype=torch.long, device=device))
-    batch.first = lambda n: FakeBatch(views[:n], {k: v[:, :n] for k, v in params.items()},
-                                      batch.labels)
-    return batch
+    return Batch(views, params, torch.zeros(b, dtype=torch.long, device=device),
+                 torch.arange(b, device=device))
 
 
 def step_time(model, opt, batch, steps: int, warmup: int, device) -> float:
@@ -132,7 +126,8 @@ def main(argv=None) -> int:
         f"Command: `python -m benchmarks.heads --method {a.method} --backbone {a.backbone} "
         f"--size {a.size} --batch {a.batch} --proj {a.proj} --steps {a.steps} --warmup "
         f"{a.warmup} --repeats {a.repeats}` (fixed in-memory batches, 2 "
-        f"views, E-SSL {ESSL_VIEWS} more of {small} px, {a.steps} steps after {a.warmup} warm-up, median of {a.repeats} "
+        f"views, E-SSL {ESSL_VIEWS} more of {small} px, {a.steps} steps after {a.warmup} "
+        f"warm-up, median of {a.repeats} "
         f"interleaved repeats; {device.type}, {str(dtype).removeprefix('torch.')}).", "",
         environment(), "",
         "| variant | ms / step (median) | images / s | vs method alone (median paired ratio) |", "|---|---|---|---|",

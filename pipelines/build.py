@@ -30,8 +30,8 @@ class LoaderConfig:
     jitter: tuple[float, float, float, float] | None = None  # every view's b, c, s, h
                                                               # strengths; None: the preset's
     recipe: dict | None = None  # a recipe spec on top of the preset (recipe.from_spec)
-    rotated_views: int = 0     # extra views like the first, each turned by a random quarter
-                               # turn (recipe.with_rotated_views: E-SSL's rotation views)
+    rotated_views: int = 0     # extra views like the first, turned by quarter turns, every
+                               # turn once per 4 (recipe.with_rotated_views: E-SSL's views)
     rotated_size: int | None = None  # their side (default: half of size)
     batch_size: int = 256
     seed: int = 0

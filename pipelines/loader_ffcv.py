@@ -108,8 +108,8 @@ def _multiview_op_class():
 
     class MultiViewCrop(SimpleRGBImageDecoder):
         """image field -> (views uint8 (V, S*S*3), boxes float32 (V, 4), rest
-        float32 (V, params.DRAWN_WIDTH)) per sample. With ``render`` the views are final (the
-        photometric stage ran here, photometric_cpu), else they are the crops.
+        float32 (V, params.DRAWN_WIDTH)) per sample. With ``render`` the views are
+        final (the photometric stage ran here, photometric_cpu), else the crops.
         ``rest`` (photometric_cpu.REST) is drawn either way; its recipe rows are
         read by address from ``rows_cell`` like the epoch, so a recipe changed
         between epochs is honoured. A subclass of the field's decoder class:

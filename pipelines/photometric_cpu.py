@@ -1,7 +1,8 @@
 """The photometric stage for a CPU device: one numba kernel per view that takes
 the uint8 crop to the uint8 final view in a handful of vectorised passes over a
-planar float32 copy, instead of ~40 batched float32 torch passes (pipelines/photometric.py, which stays the
-GPU path and the definition this file is tested against).
+planar float32 copy, instead of ~40 batched float32 torch passes
+(pipelines/photometric.py, which stays the GPU path and the definition this file
+is tested against).
 
 Why: on 2 CPU cores the batched torch stage, even compiled, was the bottleneck
 at 224 px (RESULTS.md: decode + 2 crops ~400 img/s, with the torch stage
@@ -115,8 +116,8 @@ def draw_rest(row, seed, epoch, index, view, out):
 @numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 def draw_rest_batch(rows, seed, epoch, index, out):
     """The drawn row of every view of samples ``index`` (B,): out[b, v] from rows[v]
-    (recipe_rows). ``out`` (B, V, params.DRAWN_WIDTH) float32, any strides: the GPU stage writes
-    the draws straight into its one parameter buffer."""
+    (recipe_rows). ``out`` (B, V, params.DRAWN_WIDTH) float32, any strides: the
+    GPU stage writes the draws straight into its one parameter buffer."""
     for b in range(len(index)):
         for v in range(rows.shape[0]):
             draw_rest(rows[v], seed, epoch, index[b], v, out[b, v])
@@ -211,6 +212,8 @@ def render_view(src, p, out, tmp):
     # float32 pairwise mean agrees to ~1e-7).
     inv255 = f32(1.0) / f32(255.0)
     total = 0.0
+    # Two loops, not one over the general index map below: unturned views (the
+    # common case) keep unit-stride reads, which LLVM vectorises.
     if rot == 0:
         for y in range(S):
             row = f32(0.0)

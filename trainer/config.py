@@ -81,8 +81,9 @@ class Config:
                              "mod 4; the views must rotate: recipe 'rotate: true')")
     essl_weight: float = opt(0.4, "E-SSL rotation loss weight (their CIFAR-10 and ImageNet "
                              "SimCLR setting)")
-    essl_views: int = opt(4, "E-SSL: extra views, each with its own crop and quarter turn, "
-                          "that only the rotation head sees")
+    essl_views: int = opt(4, "E-SSL: extra views that only the rotation head sees, each its "
+                          "own crop; the j-th turned by (t + j) mod 4 quarter turns, t per "
+                          "sample, so 4 views take every turn once")
     essl_size: int = opt(0, "E-SSL: side of the extra views (0: half of --size, as E-SSL on "
                          "CIFAR-10)")
     equimod_weight: float = opt(1.0, "EquiMod loss weight")

@@ -13,11 +13,11 @@ settings); the rotated images go through the backbone in one call.
 
 Our difference: their code rotates one such view all four ways; here the
 pipelines render ``views`` extra views (pipelines/recipe.with_rotated_views),
-each its own crop with its own uniformly drawn quarter turn, emitted as the
-``rot`` parameter like every other (so the labels are read from the Batch, not
-made up here). With the default of 4 views the backbone sees as many rotated
-images per sample as theirs; the four classes are balanced in expectation
-rather than exactly.
+each its own crop, the j-th turned by (t + j) mod 4 quarter turns for a
+per-sample uniform t, emitted as the ``rot`` parameter like every other (so the
+labels are read from the Batch, not made up here). With the default of 4 views
+each image is seen at every turn once, as theirs, and every batch holds the
+four classes equally often.
 """
 
 from __future__ import annotations
