@@ -56,4 +56,5 @@ def test_factors_recovered_from_class_names_and_cli_sizes(tmp_path):
     sizes = {Image.open(p).size for p in (tmp_path / "big").rglob("*.jpg")}
     assert sizes == {(500, 375)}
     r = run_tool("tools.make_synthetic", "--out", tmp_path / "big", "--n-train", "3")
-    assert r.returncode != 0 and "not empty" in r.stderr
+    assert r.returncode != 0 and "holds an earlier output of make_synthetic" in r.stderr
+    assert "--overwrite" in r.stderr

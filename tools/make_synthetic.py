@@ -150,7 +150,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def generate(out: str | Path, size=(64, 64), n_train=4000, n_test=1000, seed=0, quality=95,
              workers: int | None = None, overwrite=False, quiet=False) -> dict:
     counts = {"train": n_train, "test": n_test}
-    staged = StagedOutput(out, ["train", "test", "synthetic.json"], overwrite=overwrite)
+    staged = StagedOutput(out, ["train", "test", "synthetic.json"], overwrite=overwrite,
+                          tool="make_synthetic")
     with staged as stage:
         for split in counts:
             for c in range(len(COLOURS)):
