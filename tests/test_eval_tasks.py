@@ -144,13 +144,20 @@ def test_evaluate_tool_every_task_and_its_errors(tmp_path, tiny_dataset, capsys)
     again = json.loads(files[0].read_text())["results"]["color"]["r2"]
     assert again == pytest.approx(doc["color"]["r2"], abs=1e-6)
     assert len(list((run / "eval" / "features").glob("*.pt"))) == 1
-    # bad input: named, nothing written
-    assert main([str(run), "--train", str(tmp_path), "--test", str(tiny_dataset)]) == 2
+    # bad input: one line with the tool's prefix, naming the thing; nothing written
+    from pipelines import cli
+
+    capsys.readouterr()
+    assert cli.run(main, "evaluate", [str(run), "--train", str(tmp_path), "--test",
+                                      str(tiny_dataset)]) == 1
     err = capsys.readouterr().err
+    assert err.startswith("evaluate: error: --train") and len(err.splitlines()) == 1, err
     assert "manifest.json" in err and str(tmp_path) in err
     with pytest.raises(SystemExit):
         main([str(run), "--train", str(tiny_dataset), "--test", str(tiny_dataset),
               "--task", "linear,colour"])
     assert "colour" in capsys.readouterr().err
-    assert main([str(tmp_path), "--train", str(tiny_dataset), "--test", str(tiny_dataset)]) == 2
-    assert "config.json" in capsys.readouterr().err
+    assert cli.run(main, "evaluate", [str(tmp_path), "--train", str(tiny_dataset), "--test",
+                                      str(tiny_dataset)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate: error:") and "config.json" in err, err

@@ -114,6 +114,28 @@ def test_fewshot_too_few_classes():
         fewshot_probe(x, y, ways=5, shots=(1,), queries=15)
 
 
+# ------------------------------------------------------------------- labelings
+
+def test_labels_are_matched_by_name_across_splits():
+    """Each split numbers its own classes and factor values; the test split's are
+    mapped onto the train split's by name. Unknown names and unlabelled samples (-1)
+    become -1; an unknown value shared by two classes is counted once, by name."""
+    from trainer.probes.labelings import match
+
+    train = ["k=a,s=x", "k=b,s=x", "k=c,s=y"]
+    test = ["k=b,s=x", "k=d,s=x", "k=d,s=y"]
+    m, skipped = match(train, [0, 1, 2, -1], test, [0, 1, 2, 2, -1])
+    assert skipped == {}
+    assert m["class"].test.tolist() == [1, -1, -1, -1, -1]  # test's 0 is train's 1
+    assert m["class"].unknown == {"k=d,s=x": 1, "k=d,s=y": 2}
+    assert m["k"].train.tolist() == [0, 1, 2, -1] and m["k"].test.tolist() == [1, -1, -1, -1, -1]
+    assert m["k"].unknown == {"d": 3}
+    assert m["s"].test.tolist() == [0, 0, 1, 1, -1] and m["s"].why_not() is None
+    m, skipped = match(train, [0, 1], ["cat"], [0])  # no factors in test, no class known
+    assert set(m) == {"class"} and set(skipped) == {"k", "s"}
+    assert "'cat'" in m["class"].why_not()
+
+
 # ----------------------------------------------------------------------- ridge
 
 def test_ridge_recovers_linear_targets():

@@ -13,7 +13,9 @@ bar. Output, by the extension of FILE:
     .csv   a header ``index,label,embedding_0,...,embedding_{F-1}`` and one line
            per image (as lightly's embeddings.csv, with the index for a name)
 
-The file is written atomically: an interrupted run leaves no partial file.
+The file is written atomically: an interrupted run leaves no partial file. The
+backbone is checked against the run's backbone.json first (trainer/checkpoint.py:
+a backbone.pt it does not describe is refused) and the last line names its step.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import torch
 
 from pipelines import cli
 from pipelines.integrity import read_manifest
-from trainer.checkpoint import write_atomic
+from trainer.checkpoint import backbone_info, write_atomic
 from trainer.evaluate import load_backbone, missing_run_file
 from trainer.probes.features import extract
 
 FORMATS = (".npy", ".csv")
+BATCH = cli.Range(1, 4096, integer=True)  # images per forward pass
 
 
 def to_array(feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -62,18 +65,19 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="a converted dataset folder to embed")
     p.add_argument("--out", required=True, help="output file, .npy or .csv")
     p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
-    p.add_argument("--batch", type=int, default=256, help="images per forward pass")
+    p.add_argument("--batch", type=cli.ranged(BATCH, "--batch"), default=256,
+                   help=f"images per forward pass, a whole number in {BATCH}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_debug(p)
     a = p.parse_args(argv)
     out = Path(a.out)
     if out.suffix not in FORMATS:
         p.error(f"--out {out}: the name must end in {' or '.join(FORMATS)}")
-    cli.require_positive(p, a, "batch")
     run = Path(a.run)
     missing = missing_run_file(run)
     if missing is not None:
         raise FileNotFoundError(f"{missing}: missing; is {run} a finished run?")
+    step = backbone_info(run)["step"]  # a backbone.pt backbone.json does not describe: named
     read_manifest(Path(a.data))  # a converted dataset, named if not
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     split = extract(net, a.data, cfg.size, device, a.batch, progress=not a.quiet)
     rows = to_array(split.feats.numpy().astype(np.float32), split.labels)
     write(out, rows)
-    print(f"wrote {len(rows)} embeddings of {rows['embedding'].shape[1]} dims to {out}",
+    of = f" (backbone of step {step})" if step is not None else ""
+    print(f"wrote {len(rows)} embeddings of {rows['embedding'].shape[1]} dims to {out}{of}",
           file=sys.stderr)
     return 0
 

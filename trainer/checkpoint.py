@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 NAME = "checkpoint.pt"
+BACKBONE = "backbone.pt"        # the backbone as a plain state_dict (torchvision/timm load it)
+BACKBONE_INFO = "backbone.json"  # which step it is, whether the run had finished, its hash
 _TMP = ".tmp-"  # .<name>.tmp-<pid>
 
 
@@ -55,12 +57,64 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def save_backbone(run_dir: Path, state: dict, step: int, finished: bool) -> None:
+    """backbone.pt, then backbone.json naming its step and SHA-256. Written with every
+    checkpoint, so the backbone always is the checkpoint's it sits next to (a run
+    stopped by SIGTERM or a non-finite loss included); evaluation reads the step
+    from backbone.json and refuses a pair that does not match (a kill between the
+    two renames)."""
+    import hashlib
+    import io
+    import json
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    write_atomic(Path(run_dir) / BACKBONE, lambda f: f.write(data))
+    info = {"step": int(step), "finished": bool(finished), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+    write_text_atomic(Path(run_dir) / BACKBONE_INFO, json.dumps(info, indent=1) + "\n")
+
+
+def backbone_info(run_dir: Path) -> dict:
+    """{"step", "finished"} of RUN/backbone.pt from backbone.json, checked against the
+    file's hash; both None for a run written before backbone.json existed. A
+    backbone.json that does not describe backbone.pt is a ValueError naming both."""
+    import hashlib
+    import json
+
+    run_dir = Path(run_dir)
+    path = run_dir / BACKBONE_INFO
+    if not path.is_file():
+        return {"step": None, "finished": None}
+    try:
+        info = json.loads(path.read_text())
+        step, finished, sha = int(info["step"]), bool(info["finished"]), str(info["sha256"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: damaged ({type(e).__name__}: {e}); resume the run to "
+                         "write it again") from None
+    h = hashlib.sha256()
+    with open(run_dir / BACKBONE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != sha:
+        raise ValueError(f"{run_dir / BACKBONE} is not the backbone {path} describes (step "
+                         f"{step}): the run was stopped between writing the two; resume it "
+                         f"(python -m trainer.run --out {run_dir} --resume) to write both again")
+    return {"step": step, "finished": finished}
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary of write_atomic (``.<name>.tmp-<pid>``)."""
+    return path.name.startswith(".") and _TMP in path.name and path.is_file()
+
+
 def remove_stale(run_dir: Path) -> list[Path]:
     """Delete temporaries (``.<name>.tmp-<pid>``) a killed process left in the run
     folder; returns what was removed."""
     gone = []
     for p in Path(run_dir).glob(f".*{_TMP}*"):
-        if p.is_file():
+        if is_temporary(p):
             p.unlink(missing_ok=True)
             gone.append(p)
     return gone

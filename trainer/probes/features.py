@@ -6,6 +6,11 @@ preset's) and passed through the backbone in eval mode, on the device given
 (the GPU when there is one). The same pass records each image's colour
 histogram (trainer/probes/color.py) at that size, the target of the colour probe.
 
+Labels: ``read_labels`` reads a split's class names (manifest.json) and every
+sample's label (the records) without decoding an image, and refuses a pair that
+disagrees (a manifest whose class list was edited): the evaluation checks both
+splits with it before any feature is extracted.
+
 Cache: ``<cache_dir>/<key>.pt`` with the features, labels and histograms; the
 key hashes the split's manifest, the view side and the backbone weights, so a
 changed dataset or checkpoint is never read from a stale cache. Written atomically
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines import cli
 from pipelines.images import Images
 from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
 from trainer.checkpoint import save_atomic
@@ -46,6 +53,38 @@ def _key(data: str, size: int, weights: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+def check_labels(manifest: Path, classes, labels: np.ndarray) -> list[str]:
+    """``classes`` (a manifest's "classes") as a list of names, checked against the
+    samples' labels: -1 (unlabelled) or an index into the list. A ValueError naming
+    the manifest otherwise: an edited or damaged manifest would score every probe
+    against the wrong names, or fail deep inside one ("Target 54 is out of bounds")."""
+    if classes is None:
+        classes = []
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{manifest}: \"classes\" is {cli.shown(classes)}, not a list of "
+                         "names; the manifest was edited or damaged: re-convert the dataset")
+    twice = sorted(c for c, n in Counter(classes).items() if n > 1)
+    if twice:
+        raise ValueError(f"{manifest} lists the class {cli.shown(twice[0])} more than once; "
+                         "the manifest was edited or damaged: re-convert the dataset")
+    labels = np.asarray(labels)
+    if len(labels) and (labels.max() >= len(classes) or labels.min() < -1):
+        n = len(classes)
+        reach = int(labels.max()) if labels.max() >= n else int(labels.min())
+        raise ValueError(f"{manifest} lists {n} class{'es' if n != 1 else ''} but sample labels "
+                         f"reach {reach}; the manifest was edited or damaged: re-convert the "
+                         "dataset")
+    return list(classes)
+
+
+def read_labels(data: str) -> tuple[list[str], np.ndarray]:
+    """A split's class names and its samples' labels (no image decoded), checked
+    against each other (``check_labels``)."""
+    rec = Images(data)
+    labels = np.asarray(rec.labels, dtype=np.int64)
+    return check_labels(Path(data) / "manifest.json", rec.manifest.get("classes"), labels), labels
 
 
 @torch.no_grad()

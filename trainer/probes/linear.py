@@ -76,7 +76,8 @@ def stratified_split(y: torch.Tensor, val_fraction: float, seed: int):
     is_val[order] = rank < n_val[cls_pos]
     if not is_val.any():
         raise ValueError(
-            f"validation split is empty (val_fraction={val_fraction}, {n} train samples)")
+            f"validation split is empty (val_fraction={val_fraction}, {n} train samples): too "
+            "few samples per class to hold any out; a larger train split is needed")
     idx = torch.arange(n)
     return idx[~is_val].to(y.device), idx[is_val].to(y.device)
 
