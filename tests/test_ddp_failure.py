@@ -53,7 +53,9 @@ def test_killed_rank_ends_the_job_and_resume_matches(small_dataset, tmp_path):
     assert p.returncode != 0
     assert "rank      : 1" in err and "SIGKILL" in err  # torchrun's root cause names it
     assert "rank 0: another rank stopped" in err and "--resume" in err
-    assert (cut / "checkpoint.pt").is_file() and not (cut / "backbone.pt").exists()
+    from trainer.checkpoint import backbone_info  # the backbone is the checkpoint's
+    at = torch.load(cut / "checkpoint.pt", weights_only=True)["step"]
+    assert backbone_info(cut) == {"step": at, "finished": False}
 
     r = subprocess.run(trainrun.torchrun(2, "--out", cut, "--resume", "--no-progress"),
                        cwd=trainrun.ROOT, capture_output=True, text=True, timeout=300, env=env)

@@ -67,31 +67,39 @@ def _strict_json_lines(path):
     return [json.loads(ln, parse_constant=refuse) for ln in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("ckpt_every, says", [
-    ("0", "3 steps in a row had a non-finite loss"),         # skipped, then stopped
-    ("1", "the model holds non-finite values"),              # the save refuses NaN weights
+@pytest.mark.parametrize("ckpt_every, says, kept", [
+    ("0", "3 steps in a row had a non-finite loss",           # skipped, then stopped
+     "no checkpoint had been written yet"),
+    ("1", "the model holds non-finite values",                # the save refuses NaN weights
+     "the last good checkpoint (step 1) is kept"),
 ])
 def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_good_files(
-        tiny_dataset, tmp_path, ckpt_every, says):
+        tiny_dataset, tmp_path, ckpt_every, says, kept):
     """--lr 1e12: the weights turn non-finite after step 2. Checkpointing each epoch,
     the next steps' losses are NaN: skipped, counted, and the run stops after 3 in
-    a row; checkpointing every step, the save after step 2 refuses the weights.
-    Either way: exit 1, no NaN checkpoint, no backbone.pt, strict-JSON metrics."""
+    a row, with no checkpoint to keep (and the message says so, not that one is
+    kept); checkpointing every step, the save after step 2 refuses the weights and
+    the step-1 checkpoint and its backbone stay. Either way: exit 1, no NaN
+    checkpoint or backbone, strict-JSON metrics."""
     run = tmp_path / "run"
     r = _run(*trainrun.args(tiny_dataset, run, "--epochs", "5", "--device", "cpu",
                             "--ckpt-every", ckpt_every, "--max-bad-steps", "3"), "--lr", "1e12")
     assert r.returncode == 1, r.stderr[-2000:]
-    assert says in r.stderr and "last good checkpoint is kept" in r.stderr, r.stderr[-2000:]
+    assert says in r.stderr and kept in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    assert not (run / "backbone.pt").exists()
     lines = _strict_json_lines(run / "metrics.jsonl")  # strict JSON throughout
     if ckpt_every == "0":
         assert lines[-1]["skipped_steps"] == 3 and "non-finite loss, step skipped" in r.stderr
-        assert not (run / "checkpoint.pt").exists()
+        assert not (run / "checkpoint.pt").exists() and not (run / "backbone.pt").exists()
     else:
         ck = torch.load(run / "checkpoint.pt", weights_only=True)
         assert ck["step"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values()
                                        if v.is_floating_point())
+        from trainer.checkpoint import backbone_info
+        assert backbone_info(run) == {"step": 1, "finished": False}
+        bb = torch.load(run / "backbone.pt", weights_only=True)
+        for k, v in bb.items():  # the checkpoint's own backbone, not a later one
+            assert torch.equal(v, ck["model"][f"method.backbone.{k}"]), k
 
 
 def test_sigterm_checkpoints_the_step_and_a_moved_folder_resumes_exactly(tiny_dataset,
@@ -182,11 +190,39 @@ def test_damaged_config_json_is_named_on_resume(tmp_path, capsys, text):
     assert f"{tmp_path / 'config.json'}: not a run's config" in err and "Traceback" not in err
 
 
-def test_sigint_and_sigterm_are_noted_not_raised():
+@pytest.fixture
+def sigint_handled():
+    """SIGINT with Python's own handler for the test, whatever the launcher left (a
+    non-interactive shell starts background jobs, CI's included, with SIGINT
+    ignored: then Python never installs default_int_handler); restored after."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_sigint_and_sigterm_are_noted_not_raised(sigint_handled):
     from trainer.run import _stop_on_signals
 
+    term = signal.getsignal(signal.SIGTERM)
     with _stop_on_signals() as caught:
         os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the step finishes
         os.kill(os.getpid(), signal.SIGTERM)
     assert caught == [signal.SIGINT, signal.SIGTERM]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGTERM) is term
+
+
+def test_a_signal_ignored_at_start_stays_ignored():
+    """`trainer.run ... &` from a script starts with SIGINT ignored: a Ctrl-C meant for
+    the script's foreground job must not stop the run."""
+    from trainer.run import _stop_on_signals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _stop_on_signals() as caught:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert caught == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

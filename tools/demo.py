@@ -95,6 +95,7 @@ def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
         import shutil
         shutil.rmtree(run_dir)  # a run of the demo with other settings: start over
     cfg.resume = resume
+    cfg.overwrite = not resume  # the demo's own folder: an unfinished run there starts over
     print(f"[demo] pretraining {name}, seed {seed} ({a.epochs} epochs) -> {run_dir}"
           + (" (resuming)" if resume else ""), flush=True)
     t0 = time.perf_counter()
@@ -102,7 +103,7 @@ def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
     seconds = time.perf_counter() - t0
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = sorted(x["images_per_s"] for x in lines[1:]) or [0.0]
-    cfg.resume = False
+    cfg.resume = cfg.overwrite = False
     row = {"method": name, "seed": seed, **demo_report.metrics_of(summary["eval"]),
            "seconds": seconds, "images_per_s": rates[len(rates) // 2],
            "backend": summary["backend"], "device": summary["device"],

@@ -19,12 +19,21 @@ METRICS = {
 
 
 def metrics_of(result: dict) -> dict[str, float]:
-    """The demo's metrics from a trainer.evaluate result."""
-    return {"colour_linear": result["linear"]["colour"]["top1"],
-            "colour_knn": result["knn"]["colour"]["top1"],
-            "colour_r2": result["color"]["r2"],
-            "shape_linear": result["linear"]["shape"]["top1"],
-            "shape_knn": result["knn"]["shape"]["top1"]}
+    """The demo's metrics from a trainer.evaluate result. A figure the evaluation
+    skipped (it records why) is a ValueError saying so, not a KeyError."""
+    def figure(task: str, labeling: str | None, key: str) -> float:
+        entry = result.get(task, {})
+        entry = entry.get(labeling, {}) if labeling else entry
+        if key not in entry:
+            raise ValueError(f"the evaluation has no {task} {labeling or ''} {key}: "
+                             f"{entry.get('skipped', 'missing')}")
+        return entry[key]
+
+    return {"colour_linear": figure("linear", "colour", "top1"),
+            "colour_knn": figure("knn", "colour", "top1"),
+            "colour_r2": figure("color", None, "r2"),
+            "shape_linear": figure("linear", "shape", "top1"),
+            "shape_knn": figure("knn", "shape", "top1")}
 
 
 def _spread(vals: list[float]) -> str:

@@ -28,6 +28,10 @@ class Config:
     test_data: str = opt("", "converted held-out split: kNN and linear accuracy at the end")
     out: str = opt("runs/run", "run folder: config.json, metrics.jsonl, checkpoints, backbone.pt")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = opt(False, "replace the run already in --out: its config.json, "
+                          "metrics.jsonl, checkpoint, backbone, recipe.json, tb/ and eval/ are "
+                          "removed first; other files there are kept (without it a folder "
+                          "holding anything is refused)")
     # data
     backend: str = opt("auto", "loader backend (auto: dali-gpu on a GPU, else dali-cpu, "
                        "else ffcv, else torchvision)",
@@ -134,8 +138,11 @@ class Config:
 
 # Fields a resumed run may change: they do not alter what is computed.
 # "out": a run folder may be moved and resumed where it now is.
+# "data", "test_data": a dataset may be moved; the run checks it is the same one by
+# content (trainer/datasets.py), not by path.
 RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress", "out",
-                     "on_damaged", "max_bad_steps", "tensorboard", "wandb", "view_grid_every"}
+                     "on_damaged", "max_bad_steps", "tensorboard", "wandb", "view_grid_every",
+                     "overwrite", "data", "test_data"}
 
 
 def _types() -> dict[str, type]:

@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -32,9 +33,8 @@ import torch
 from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
 from pipelines.checks import DamagedSample
-from pipelines.integrity import read_manifest
 from pipelines.recipe import parse_jitter, to_spec
-from trainer import checkpoint, dist, optim, systems
+from trainer import checkpoint, datasets, dist, optim, run_folder, systems
 from trainer.build import build_objective, rotated_views
 from trainer.config import Config, check_environment, from_argv, to_dict
 from trainer.models import backbone_state_dict
@@ -46,10 +46,6 @@ def resolve_preset(cfg: Config) -> str:
     return cfg.preset if cfg.preset != "auto" else ("swav" if cfg.method == "swav" else "augself")
 
 
-def num_classes(data: str) -> int:
-    return len(read_manifest(Path(data)).get("classes") or [])
-
-
 def _state(objective, optimizer, scaler, step: int) -> dict:
     return {"step": step, "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None}
@@ -58,11 +54,17 @@ def _state(objective, optimizer, scaler, step: int) -> dict:
 @contextlib.contextmanager
 def _stop_on_signals():
     """SIGTERM and SIGINT, while training, only note the request (the list yielded);
-    the loop finishes its step, checkpoints and stops. Handlers restored on exit."""
+    the loop finishes its step, checkpoints and stops. Handlers restored on exit.
+
+    A signal ignored when the run starts stays ignored (the Unix convention): a
+    non-interactive shell starts background jobs (``cmd &``, CI runners, nohup
+    scripts) with SIGINT ignored, and such a run must not be stopped by it."""
     caught: list[int] = []
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue
             handlers[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
         yield caught
@@ -84,6 +86,20 @@ class NonFinite(RuntimeError):
     pass
 
 
+def _kept(run_dir: Path) -> str:
+    """What a run stopped by non-finite values leaves, truthfully."""
+    path = run_dir / checkpoint.NAME
+    if path.is_file():
+        try:
+            at = torch.load(path, map_location="cpu", weights_only=True)["step"]
+        except Exception:  # noqa: BLE001 - only the message depends on it
+            at = "?"
+        return (f"the last good checkpoint (step {at}) is kept. Check the data and --resume, "
+                "or start over with a lower --lr (--overwrite reuses this folder)")
+    return ("no checkpoint had been written yet, so there is nothing to keep. Start over with a "
+            "lower --lr (add --overwrite to reuse this folder), or check the data")
+
+
 class Preempted(Exception):
     """SIGTERM or SIGINT: the run stopped after a step, with a checkpoint at it."""
 
@@ -100,7 +116,7 @@ def _checkpoint_on_damage(loader, save, out: str):
     except DamagedSample as e:
         save()
         raise DamagedSample(f"{e}. A checkpoint was written at the last finished step; to "
-                            f"train on without the sample: python -m trainer.run --out {out} "
+                            f"train on without the sample: python -m trainer.run --out {shlex.quote(out)} "
                             "--resume --on-damaged skip") from None
 
 
@@ -163,19 +179,42 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if cfg.batch_size % env.world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {env.world} ranks")
     # Checked on every rank (a shared file system), so no rank is left waiting for one
-    # that stopped.
-    if not cfg.resume and (run_dir / checkpoint.NAME).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue "
-                              "it or choose another --out")
-    if cfg.resume and not (run_dir / checkpoint.NAME).is_file():
-        raise FileNotFoundError(f"--resume: {run_dir / checkpoint.NAME} does not exist, so "
-                                "there is nothing to resume (nothing was changed in the "
-                                "folder); start a new run with another --out")
+    # that stopped; nothing is created before these pass.
+    run_folder.check(run_dir, cfg.resume, cfg.overwrite)
+    data_id = {"data": datasets.identity(cfg.data)}
+    if cfg.test_data:
+        data_id["test_data"] = datasets.identity(cfg.test_data)
+    if cfg.resume:
+        _same_dataset(run_dir, cfg.data, data_id["data"])
+    classes = datasets.check_labels(cfg.data)
     backend = resolve_backend(cfg.backend, cfg.data)
-    if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for p in checkpoint.remove_stale(run_dir):
-            print(f"removed a temporary a killed run left behind: {p}", file=sys.stderr)
+    lock = run_folder.claim(run_dir, cfg.resume, cfg.overwrite) if env.main else None
+    try:
+        return _train_in(cfg, env, run_dir, backend, classes, data_id)
+    finally:
+        if lock is not None:
+            lock.release(unlink=True)
+
+
+def _same_dataset(run_dir: Path, data: str, now: dict) -> None:
+    """--resume: the dataset must be the one the run started on, by content."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text()).get("datasets", {})["data"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        print(f"note: {run_dir / 'config.json'} records no dataset identity (a run from an "
+              "earlier version): the dataset cannot be checked against the one it started on",
+              file=sys.stderr)
+        return
+    changed = datasets.differences(saved, now)
+    if changed:
+        raise ValueError(f"--resume: the dataset in {data} is not the one this run started on "
+                         f"({'; '.join(changed)}); resuming would train on other samples with "
+                         "another schedule. Point --data at the original dataset (it may have "
+                         "moved), or start a new run")
+
+
+def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: int,
+              data_id: dict) -> dict:
     sysm = systems.choose(cfg, env)
     preset = resolve_preset(cfg)
     n_rotated, rotated_size = rotated_views(cfg)
@@ -186,7 +225,6 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         jitter=parse_jitter(cfg.jitter) if cfg.jitter else None, recipe=cfg.recipe,
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
         device=str(sysm.device), on_damaged=cfg.on_damaged), dtype=sysm.dtype)
-    classes = num_classes(cfg.data)
     objective = build_objective(cfg, loader.recipe, classes)
     model, objective = systems.prepare(objective, cfg, sysm, env)
     spe = len(loader)
@@ -210,7 +248,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                 "num_classes": classes}
     metrics, watch = None, None
     if env.main:
-        write_config(run_dir, cfg, resolved)
+        write_config(run_dir, cfg, resolved, data_id)
         checkpoint.write_text_atomic(run_dir / "recipe.json",  # every view, as trained
                                      json.dumps(to_spec(loader.recipe), indent=1) + "\n")
         watch = Watch(run_dir, cfg.tensorboard, cfg.wandb, step if ck is not None else None,
@@ -225,9 +263,12 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             state = _state(objective, optimizer, sysm.scaler, at)
             if not checkpoint.all_finite(state["model"]):
                 raise NonFinite(f"step {at}: the model holds non-finite values (weights or "
-                                "BN statistics); the last good checkpoint is kept. Lower "
-                                "--lr or check the data, then --resume or start over")
+                                "BN statistics); " + _kept(run_dir))
             checkpoint.save_atomic(state, run_dir / checkpoint.NAME)
+            # the backbone of every checkpoint next to it: backbone.pt always is the
+            # checkpoint's, whatever stops the run (trainer/checkpoint.py)
+            checkpoint.save_backbone(run_dir, backbone_state_dict(objective.method.backbone),
+                                     at, finished=at >= total)
 
     skipped_total, skipped_row = 0, 0
     with _stop_on_signals() as stop_signal:
@@ -262,8 +303,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                                            "stopped": "non-finite loss"})
                         raise NonFinite(f"stopped at step {step}: {skipped_row} steps in a row "
                                         "had a non-finite loss (--max-bad-steps "
-                                        f"{cfg.max_bad_steps}); the last good checkpoint is "
-                                        "kept. Lower --lr or check the data")
+                                        f"{cfg.max_bad_steps}); " + _kept(run_dir))
                     out = {}
                 else:
                     skipped_row = 0
@@ -299,16 +339,29 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     summary = {"run": str(run_dir), "step": step, "final": last,
                "skipped_steps": skipped_total, **resolved}
     if env.main:
-        checkpoint.save_atomic(backbone_state_dict(objective.method.backbone),
-                               run_dir / "backbone.pt")
         watch.close()
         if cfg.test_data:
-            from trainer.evaluate import EvalConfig, evaluate_run
-            # the quick tasks; tools/evaluate.py runs every one
-            ecfg = EvalConfig(tasks=("linear", "knn", "color"), progress=cfg.progress,
-                              seed=cfg.seed)
-            summary["eval"] = evaluate_run(run_dir, cfg.data, cfg.test_data, sysm.device, ecfg)
+            summary["eval"] = _evaluate(cfg, run_dir, sysm.device, step)
     return summary
+
+
+class EvaluationFailed(RuntimeError):
+    """Training finished and its files are written; the evaluation after it failed."""
+
+
+def _evaluate(cfg: Config, run_dir: Path, device, step: int) -> dict:
+    """The quick tasks on --test-data (tools/evaluate.py runs every one). A failure
+    here must not read as a failed training: the message says the run is complete."""
+    from trainer.evaluate import EvalConfig, evaluate_run
+    ecfg = EvalConfig(tasks=("linear", "knn", "color"), progress=cfg.progress, seed=cfg.seed)
+    try:
+        return evaluate_run(run_dir, cfg.data, cfg.test_data, device, ecfg)
+    except (ValueError, RuntimeError, OSError, LookupError) as e:
+        raise EvaluationFailed(
+            f"training finished (step {step}; backbone.pt and checkpoint.pt written), but the "
+            f"evaluation on {cfg.test_data} failed: {cli.one_line(str(e), 300)}; evaluate later "
+            f"with: python -m tools.evaluate {shlex.quote(str(run_dir))} --train "
+            f"{shlex.quote(cfg.data)} --test {shlex.quote(cfg.test_data)}") from None
 
 
 def main(argv=None) -> int:
@@ -328,8 +381,8 @@ def _main(argv) -> int:
     except Preempted as p:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"stopped by {signal.Signals(p.signum).name} after step {p.step}; checkpoint "
-                  f"written; continue with: python -m trainer.run --out {cfg.out} --resume",
-                  file=sys.stderr)
+                  "written; continue with: python -m trainer.run --out "
+                  f"{shlex.quote(cfg.out)} --resume", file=sys.stderr)
         return 128 + int(p.signum)
     except RuntimeError as e:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.peer_failure(e):
@@ -337,7 +390,7 @@ def _main(argv) -> int:
             print(f"trainer.run: error: rank {os.environ.get('RANK')}: another rank stopped "
                   f"mid-step ({str(e).splitlines()[0][:200]}); the run folder keeps its last "
                   f"checkpoint: once every rank can run, start the same torchrun command "
-                  f"with --out {cfg.out} --resume", file=sys.stderr)
+                  f"with --out {shlex.quote(cfg.out)} --resume", file=sys.stderr)
             return 1
         raise
     if int(os.environ.get("RANK", "0")) == 0:

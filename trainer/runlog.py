@@ -29,13 +29,20 @@ def git_sha() -> str:
         return "unknown"
 
 
-def write_config(run_dir: Path, cfg: Config, resolved: dict) -> None:
-    """``resolved``: what "auto" became (backend, preset, device, dtype, world)."""
-    doc = {"config": to_dict(cfg), "resolved": resolved, "git_sha": git_sha(),
+def write_config(run_dir: Path, cfg: Config, resolved: dict, datasets: dict | None = None
+                 ) -> None:
+    """``resolved``: what "auto" became (backend, preset, device, dtype, world);
+    ``datasets``: each dataset's identity by content (trainer/datasets.py), which
+    --resume checks. ``overwrite`` describes a command, not the run: it is saved as
+    false, so a resumed run never inherits it. Strict JSON: a non-finite value is
+    a bug upstream (every option has a finite range), refused here, not written as NaN."""
+    from dataclasses import replace
+    doc = {"config": to_dict(replace(cfg, overwrite=False)), "resolved": resolved,
+           "datasets": datasets or {}, "git_sha": git_sha(),
            "python": sys.version.split()[0], "torch": torch.__version__,
            "host": platform.node(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     from trainer.checkpoint import write_text_atomic
-    write_text_atomic(run_dir / "config.json", json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(run_dir / "config.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 class Metrics:
@@ -47,8 +54,8 @@ class Metrics:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [json.dumps(r) for r in read_metrics(self.path, torn_ok=True)
+                    if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(k + "\n" for k in keep))
 
     def write(self, record: dict) -> None:
@@ -59,6 +66,30 @@ class Metrics:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
         if self.watch is not None:
             self.watch.scalars(clean)
+
+
+def read_metrics(path: Path, torn_ok: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl. A torn last line (a kill mid-write leaves one)
+    is dropped with a note when ``torn_ok``; any other line that is not a JSON object
+    is a ValueError naming the file and the line."""
+    lines = Path(path).read_text(errors="replace").splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if torn_ok and n == len(lines):
+                print(f"note: {path}: dropped its torn last line (a killed run leaves one)",
+                      file=sys.stderr)
+                break
+            raise ValueError(f"{path}, line {n}: not a metrics record ({e}); the file was "
+                             "edited or damaged: restore it, or delete the line") from None
+        records.append(rec)
+    return records
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
