@@ -95,15 +95,21 @@ def _crc32_for_numba():
 crc32_nb = _crc32_for_numba()
 
 
+_NOTED: set[tuple[str, str]] = set()
+
+
 def load(data_dir: Path, manifest: dict, name: str, n: int) -> np.ndarray | None:
     """The checksums file ``name`` checked against the manifest's hash; None
     (with one line on stderr) for a dataset converted before there were any."""
     path = Path(data_dir) / name
     want = (manifest.get("integrity") or {}).get(name)
     if want is None:
-        print(f"{data_dir}: no per-sample checksums (converted by tool version "
-              f"{manifest.get('tool_version', '?')} < 1.3): a damaged sample cannot be "
-              "detected; re-convert to have them", file=sys.stderr)
+        said = (str(Path(data_dir).resolve()), name)
+        if said not in _NOTED:  # once per dataset and process, however often it is opened
+            _NOTED.add(said)
+            print(f"{data_dir}: no per-sample checksums (converted by tool version "
+                  f"{manifest.get('tool_version', '?')} < 1.3): a damaged sample cannot be "
+                  "detected; re-convert to have them", file=sys.stderr)
         return None
     if not path.is_file():
         raise ValueError(f"{path}: missing (the manifest lists it); re-convert the dataset "

@@ -39,6 +39,7 @@ import torch
 
 from pipelines.batch import Batch, Finisher, default_stage
 from pipelines.checks import DamagedSample, DamageLog, substitute
+from pipelines.cli import one_line
 from pipelines.epochs import EpochLoader, EpochPlan
 from pipelines.records import Records
 from pipelines.sampling import crop_boxes, crop_fields
@@ -111,7 +112,7 @@ class _Feeder:
         # good one (checks.substitute); the loader reports it when it hands the
         # batch over, in order (raising here would surface inside DALI).
         bad = self.records.damaged(ids)
-        problems = [f"{self.records.where(i)}: checksum mismatch" for i in ids[bad]]
+        problems = [f"{self.records.where(i)}: {self.records.damage}" for i in ids[bad]]
         fatal = None
         try:
             ids = substitute(ids, bad, f"epoch {epoch} batch {b}")
@@ -225,8 +226,24 @@ class DaliLoader(EpochLoader):
         if self._held is not None:  # the previous copies are done before DALI reuses
             self._held[1].synchronize()  # their buffers (only the copy stream waits)
             self._held = None
-        outs = self.pipe.run()
+        try:
+            outs = self.pipe.run()
+        except RuntimeError as e:  # DALI's "Critical error in pipeline": many lines
+            raise RuntimeError(self._failed(e)) from None
         return outs, self.feeder.tickets.popleft()
+
+    def _failed(self, e: Exception) -> str:
+        """One line for a DALI failure: what failed, which samples were in flight and,
+        for a dataset without per-sample checksums (converted before tool 1.3, so a
+        damaged image reaches the decoder), what to do about it."""
+        t = self.feeder.tickets[0] if self.feeder.tickets else None
+        # DALI decodes ahead: the failure is in this batch or one scheduled after it
+        where = "" if t is None else f" at epoch {t.epoch}, batch {t.batch} or one read ahead"
+        hint = ("; this dataset has no per-sample checksums (converted before tool version "
+                "1.3), so a damaged image reaches the decoder: find it with python -m "
+                f"tools.verify_dataset {self.feeder.records.dir}, or re-convert the dataset"
+                if self.feeder.records.crcs is None else "")
+        return f"DALI failed{where}: {one_line(str(e), 300)}{hint}"
 
     def _prepare(self, outs, t: _Ticket):
         """DALI's outputs -> a Batch. On a GPU everything (the copies out of DALI's

@@ -33,7 +33,7 @@ class _Views(torch.utils.data.Dataset):
         # reach the user wrapped in the DataLoader's traceback; the main process
         # reports it, named (pipelines/checks.py)
         if self.records.damaged([i])[0]:
-            return _Damaged(f"{self.records.where(i)}: checksum mismatch")
+            return _Damaged(f"{self.records.where(i)}: {self.records.damage}")
         data, label, index = self.records[i]
         try:
             src = np.asarray(open_rgb(data))

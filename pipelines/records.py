@@ -91,10 +91,16 @@ class Records:
 
     def damaged(self, ids) -> np.ndarray:
         """Bool mask over ``ids``: samples whose bytes (image and meta) do not match
-        the converter's checksum (all False when the dataset has no checksums)."""
+        the converter's checksum. A dataset without checksums (converted before tool
+        1.3) gets the one check its bytes allow: the image starts as a JPEG or a PNG
+        does. A zeroed or overwritten image is then never handed to a decoder (DALI
+        2.4's CPU decoder was seen to crash the process on one, not raise)."""
         ids = np.asarray(ids, dtype=np.int64)
         bad = np.zeros(len(ids), dtype=bool)
         if self.crcs is None:
+            for j, (k, off, size) in enumerate(self.entries[ids, :3].tolist()):
+                head = bytes(memoryview(self._map(k))[off:off + min(size, 8)])
+                bad[j] = not head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"))
             return bad
         from pipelines.checks import crc_records_sample
         for j, (k, off, size, moff, msize) in enumerate(self.entries[ids].tolist()):
@@ -102,6 +108,12 @@ class Records:
             bad[j] = crc_records_sample(m[off:off + size], m[moff:moff + msize]) \
                 != self.crcs[ids[j]]
         return bad
+
+    @property
+    def damage(self) -> str:
+        """What ``damaged`` found, for messages."""
+        return ("checksum mismatch" if self.crcs is not None else
+                "not a JPEG or PNG image (the dataset has no per-sample checksums to check)")
 
     def encoded(self, ids) -> list[np.ndarray]:
         """The encoded images of samples ``ids`` as uint8 arrays that view the
@@ -139,6 +151,15 @@ class Records:
             for i in old:
                 w, h = Image.open(io.BytesIO(self[i][0])).size  # header only
                 out[i, 2:] = h, w
+        # Crop boxes are drawn from these sizes before decoding: a size that cannot be
+        # an image's (a damaged meta member of a dataset without per-sample checksums)
+        # would fail deep in a sampler; name it here.
+        bad = np.flatnonzero((out[:, 2] < 1) | (out[:, 3] < 1) | (out[:, 2:] > 1 << 20).any(1))
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"{self.where(i)}: its record says the image is "
+                             f"{out[i, 3]}x{out[i, 2]} pixels; the record is damaged "
+                             f"({len(bad)} such): re-convert the dataset")
         self._table = out
         return out
 
