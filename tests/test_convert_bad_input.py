@@ -146,10 +146,8 @@ def test_interrupted_run_keeps_previous_outputs_and_leaves_no_final_names(conver
                                                                           monkeypatch):
     root, out_done = converted[0], converted[1]
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    assert convert_dataset.main([str(root / "good"), "--out", str(out), "--overwrite",
-                                 "--quiet", "--workers", "1"]) == 0
+    assert convert_dataset.main([str(root / "good"), "--out", str(out), "--quiet",
+                                 "--workers", "1"]) == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     old_manifest = (out / "manifest.json").read_text()
 
@@ -164,11 +162,17 @@ def test_interrupted_run_keeps_previous_outputs_and_leaves_no_final_names(conver
     assert (out / "manifest.json").read_text() == old_manifest
     assert json.loads(old_manifest)["counts"]["written"] == 6
 
-    # A completed --overwrite replaces the tool's outputs and keeps the user's file.
+    # A completed --overwrite replaces the tool's outputs.
     monkeypatch.undo()
     assert convert_dataset.main([str(root), "--out", str(out), "--overwrite", "--quiet",
                                  "--workers", "1", "--no-beton"]) == 0
-    assert (out / "keep.txt").read_text() == "mine"
     assert not (out / "data.beton").exists()  # stale output of the earlier run removed
     assert manifest(out)["counts"]["written"] == 6 and manifest(out)["classes"] == ["bad", "good"]
     assert out_done.exists()
+
+    # A file the tool did not write makes --overwrite refuse, changing nothing.
+    (out / "keep.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert convert_dataset.main([str(root / "good"), "--out", str(out), "--overwrite",
+                                 "--quiet", "--workers", "1", "--no-beton"]) == 1
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -13,17 +13,22 @@ detected, or named with --format. DIR receives:
     manifest.json   source, format, split, counts, classes, options, problems,
                     size and SHA-256 of every file above
 
-Unreadable files are skipped, listed in the manifest and on stderr; the exit
-status is 0 unless nothing valid was found or --strict was given. Outputs are
-written under temporary names and moved into place at the end: an interrupted
-run leaves nothing under a final name.
+Unreadable files (corrupt, empty, not an image, not a regular file: a FIFO, a
+device, a socket; images declaring more than 1 Gpx) are skipped, listed in the
+manifest and on stderr; the exit status is 0 unless nothing valid was found or
+--strict was given. The source is read twice (records, then the .beton); a
+file that changes in between ends the conversion, named (both outputs must
+hold the same pixels). A worker that fails or dies ends it too, within seconds,
+naming its file (tools/convert_workers.py). Outputs are written under
+temporary names and moved into place at the end: an interrupted or failed run
+leaves nothing under a final name, and Ctrl-C prints one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -33,80 +38,90 @@ import numpy as np
 from tqdm import tqdm
 
 from pipelines import cli
-from tools.image_decode import BadImage, Decoded, encode, load_rgb, shrink
+from tools import convert_workers as cw
+from tools.beton_pass import write_beton
+from tools.image_decode import BadImage, encode, pixel_digest, pixels
 from tools.sources import FORMATS, SourceError, open_source
 from tools.staging import OutputError, StagedOutput
 
 TOOL_VERSION = "1.3"  # 1.1: record meta holds the image size too; 1.2: file integrity;
                       # 1.3: per-sample checksums (pipelines/checks.py)
 OUTPUTS = ["data.beton", "data.beton.crc32", "records", "manifest.json"]
+CHUNK = 32  # samples per task of the records pass
 
-# Set in the parent before forking; workers inherit it (no pickling of arrays).
+# Finite ranges of the numeric options, checked before any work (pipelines/cli.py).
+RANGES = {
+    "compress_probability": cli.Range(0, 1),  # a probability
+    "quality": cli.Range(1, 100, integer=True),  # JPEG's quality scale
+    "max_res": cli.Range(1, 65535, integer=True),  # JPEG's largest side
+    # up to 10 million samples per tar: the largest useful shard is the dataset
+    "shard_size": cli.Range(1, 10 ** 7, integer=True),
+    # processes forked at once; more than a machine's cores gains nothing
+    "workers": cli.Range(1, 1024, integer=True),
+}
+
+# Set in the parent before forking; workers inherit them (no pickling of arrays).
 _SOURCE = None
 _OPTS: dict = {}
-
-
-def _pixels(raw, max_res: int | None) -> Decoded:
-    """Source item (file bytes or HWC uint8 array) -> RGB pixels."""
-    if isinstance(raw, np.ndarray):
-        rgb = shrink(raw, max_res) if max_res else raw
-        return Decoded(np.ascontiguousarray(rgb), True, "array", "RGB")
-    return load_rgb(raw, max_res)
+_INFLIGHT: cw.InFlight | None = None
 
 
 def _prepare(i: int):
-    """Worker: validate sample i and produce its record bytes. Never raises for bad data."""
+    """Sample i -> (i, (h, w), problem, record bytes, pixel digest, fatal). Bad data is
+    a problem (the file is skipped); anything else is fatal (ends the conversion)."""
     try:
         raw = _SOURCE.read(i)
-        dec = _pixels(raw, _OPTS["max_res"])
+        dec = pixels(raw, _OPTS["max_res"])
+        h, w = dec.rgb.shape[:2]
+        record = None
+        if _OPTS["records"]:
+            codec = _OPTS["codec"]
+            if codec == "jpg" and dec.source_format == "JPEG" and not dec.changed:
+                record = raw  # the original bytes: no second lossy encode
+            else:
+                record = encode(dec.rgb, codec, _OPTS["quality"])
+        return i, (h, w), None, record, pixel_digest(dec.rgb), None
     except BadImage as e:
-        return i, None, str(e), None
-    except OSError as e:  # unreadable file (permissions, I/O)
-        return i, None, f"cannot read: {e}", None
-    h, w = dec.rgb.shape[:2]
-    record = None
-    if _OPTS["records"]:
-        codec = _OPTS["codec"]
-        if codec == "jpg" and dec.source_format == "JPEG" and not dec.changed:
-            record = raw  # the original bytes: no second lossy encode
-        else:
-            record = encode(dec.rgb, codec, _OPTS["quality"])
-    return i, (h, w), None, record
+        return i, None, str(e), None, None, None
+    except OSError as e:  # unreadable file (permissions, I/O, vanished)
+        return i, None, f"cannot read: {e.strerror or e}", None, None, None
+    except MemoryError:
+        return i, None, "too large to decode in the memory available", None, None, None
+    except Exception as e:  # noqa: BLE001 - a worker's failure: named, never a traceback
+        return i, None, None, None, None, (f"{cw.name(_SOURCE.key(i))}: {type(e).__name__}: "
+                                           f"{cli.shown(str(e), 200)}; nothing was written")
 
 
-class _BetonDataset:
-    """What FFCV's DatasetWriter reads: (image, label, index) for each valid sample."""
-
-    def __init__(self, source, valid: list[int], max_res: int | None):
-        self.source, self.valid, self.max_res = source, valid, max_res
-
-    def __len__(self) -> int:
-        return len(self.valid)
-
-    def __getitem__(self, j: int):
-        i = self.valid[j]
-        return _pixels(self.source.read(i), self.max_res).rgb, self.source.label(i), j
+def _prepare_chunk(bounds: tuple[int, int]) -> list:
+    out = []
+    for i in range(*bounds):
+        _INFLIGHT.set(i)
+        out.append(_prepare(i))
+    _INFLIGHT.set(-1)
+    return out
 
 
-def write_beton(path: Path, source, valid: list[int], args) -> float:
-    """Write the .beton; returns the seconds spent writing (FFCV's import excluded)."""
-    import ffcv.writer
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+def _overlap(src, out, inside: bool = True) -> str | None:
+    """Why --out cannot be used with the source folder ``src``, or None: the same
+    folder, one inside the other (an --out inside an ImageFolder becomes one of
+    its classes on the next run; an --out holding the source is not ours to fill).
+    ``inside``: check an --out inside ``src`` too (only for the data folder
+    itself: SRC may hold cifar-10-batches-py next to the output)."""
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if s == o:
+        return "is the source folder itself"
+    if inside and o.is_relative_to(s):
+        return "is inside the source folder"
+    if s.is_relative_to(o):
+        return "holds the source folder"
+    return None
 
-    if args.quiet:  # FFCV draws its own bar with no switch to turn it off
-        ffcv.writer.tqdm = lambda *a, **k: tqdm(*a, **{**k, "disable": True})
 
-    image = RGBImageField(write_mode=args.write_mode, max_resolution=args.max_res,
-                          jpeg_quality=args.quality,
-                          compress_probability=args.compress_probability)
-    writer = DatasetWriter(str(path), {"image": image, "label": IntField(), "index": IntField()},
-                           num_workers=args.workers)
-    # FFCV's 'proportion' mode draws with np.random in the workers: seed for repeatability.
-    np.random.seed(0)
-    t0 = time.perf_counter()
-    writer.from_indexed_dataset(_BetonDataset(source, valid, args.max_res), chunksize=256)
-    return time.perf_counter() - t0
+def _refuse_overlap(src, out, inside: bool = True) -> None:
+    why = _overlap(src, out, inside)
+    if why:
+        raise OutputError(f"--out {out} {why} {src}; choose an output folder outside the "
+                          "source (nothing was written)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -128,19 +143,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "folder for an ImageFolder without split sub-folders")
     p.add_argument("--write-mode", choices=["jpg", "raw", "proportion"], default="jpg",
                    help="how the .beton stores images (raw: exact pixels, larger)")
-    p.add_argument("--compress-probability", type=float, default=0.5,
-                   help="fraction stored as JPEG with --write-mode proportion")
-    p.add_argument("--max-res", type=int, default=None,
-                   help="downscale so that the longer side is at most this many pixels")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality for re-encoded images")
+    p.add_argument("--compress-probability", default=0.5,
+                   type=cli.ranged(RANGES["compress_probability"], "--compress-probability"),
+                   help="fraction stored as JPEG with --write-mode proportion, in "
+                        f"{RANGES['compress_probability']}")
+    p.add_argument("--max-res", default=None, type=cli.ranged(RANGES["max_res"], "--max-res"),
+                   help="downscale so that the longer side is at most this many pixels, in "
+                        f"{RANGES['max_res']}")
+    p.add_argument("--quality", default=90, type=cli.ranged(RANGES["quality"], "--quality"),
+                   help=f"JPEG quality for re-encoded images, in {RANGES['quality']}")
     p.add_argument("--record-codec", choices=["jpg", "png"], default="jpg",
                    help="codec for records that must be re-encoded (JPEG sources within "
                         "--max-res keep their original bytes)")
-    p.add_argument("--shard-size", type=int, default=10000, help="samples per tar shard")
+    p.add_argument("--shard-size", default=10000,
+                   type=cli.ranged(RANGES["shard_size"], "--shard-size"),
+                   help=f"samples per tar shard, in {RANGES['shard_size']}")
     p.add_argument("--no-beton", action="store_true", help="do not write data.beton")
     p.add_argument("--no-records", action="store_true", help="do not write records/")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="parallel worker processes")
+    p.add_argument("--workers", default=min(os.cpu_count() or 1, 1024),
+                   type=cli.ranged(RANGES["workers"], "--workers"),
+                   help=f"parallel worker processes, in {RANGES['workers']}")
     p.add_argument("--strict", action="store_true",
                    help="fail (and write nothing) if any file is unreadable")
     p.add_argument("--overwrite", action="store_true",
@@ -150,20 +172,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.no_beton and args.no_records:
         p.error("--no-beton and --no-records together leave nothing to write")
-    if not 1 <= args.quality <= 100:
-        p.error("--quality must be in 1..100")
-    if args.max_res is not None and args.max_res < 1:
-        p.error("--max-res must be positive")
-    if args.shard_size < 1 or args.workers < 1:
-        p.error("--shard-size and --workers must be positive")
     return args
 
 
 def convert(args) -> dict:
     """Run the conversion; returns the manifest. Raises SourceError/OutputError/ValueError."""
-    global _SOURCE, _OPTS
-    staged = StagedOutput(args.out, OUTPUTS, overwrite=args.overwrite)
+    global _SOURCE, _OPTS, _INFLIGHT
+    _refuse_overlap(args.src, args.out, inside=False)  # before any work; the data folder below
+    if not args.no_beton and importlib.util.find_spec("ffcv") is None:
+        raise OutputError("writing data.beton needs ffcv, which is not installed here; "
+                          "install it (pip install -e .[ffcv]) or pass --no-beton")
+    staged = StagedOutput(args.out, OUTPUTS, overwrite=args.overwrite, tool="convert_dataset")
     source = open_source(args.src, args.format, args.split)
+    _refuse_overlap(source.root, args.out)  # e.g. SRC/cifar-10-batches-py, SRC/train
     _SOURCE = source
     _OPTS = {"max_res": args.max_res, "records": not args.no_records,
              "codec": args.record_codec, "quality": args.quality}
@@ -174,25 +195,35 @@ def convert(args) -> dict:
     with staged as stage:
         from tools.wds_writer import ShardWriter
         shards = None if args.no_records else ShardWriter(stage / "records", args.shard_size)
-        valid, heights, widths = [], [], []
+        valid, heights, widths, digests = [], [], [], []
         problems = list(getattr(source, "unreadable", []))
         for p in problems:
             tqdm.write(f"problem: {p['file']}: {p['reason']}", file=sys.stderr)
-        ctx = mp.get_context("fork")
-        with ctx.Pool(args.workers) as pool:
-            results = pool.imap(_prepare, range(len(source)), chunksize=64)
-            for i, hw, problem, record in tqdm(results, total=len(source), disable=args.quiet,
-                                                desc="decode+records", unit="img"):
-                if problem is not None:
-                    problems.append({"file": source.key(i), "reason": problem})
-                    tqdm.write(f"skipped {source.key(i)}: {problem}", file=sys.stderr)
-                    continue
-                if shards is not None:
-                    shards.write(len(valid), source.label(i), record,
-                                 "jpg" if record[:2] == b"\xff\xd8" else "png", hw)
-                valid.append(i)
-                heights.append(hw[0])
-                widths.append(hw[1])
+        _INFLIGHT = cw.InFlight(min(args.workers, 1024))
+        tasks = [(s, min(s + CHUNK, len(source))) for s in range(0, len(source), CHUNK)]
+        results = cw.ordered_map(_prepare_chunk, tasks, args.workers, _INFLIGHT, source.key)
+        bar = tqdm(total=len(source), disable=args.quiet, desc="decode+records", unit="img")
+        try:
+            for chunk in results:
+                bar.update(len(chunk))
+                for i, hw, problem, record, digest, fatal in chunk:
+                    if fatal is not None:
+                        raise cw.WorkerFailed(fatal)
+                    if problem is not None:
+                        problems.append({"file": source.key(i), "reason": problem})
+                        tqdm.write(f"skipped {cw.name(source.key(i))}: {problem}",
+                                   file=sys.stderr)
+                        continue
+                    if shards is not None:
+                        shards.write(len(valid), source.label(i), record,
+                                     "jpg" if record[:2] == b"\xff\xd8" else "png", hw)
+                    valid.append(i)
+                    heights.append(hw[0])
+                    widths.append(hw[1])
+                    digests.append(digest)
+        finally:
+            results.close()  # on any early exit: its workers are stopped here, now
+            bar.close()
         shard_list = shards.close() if shards is not None else []
         t1 = time.perf_counter()
         if not valid:
@@ -201,8 +232,12 @@ def convert(args) -> dict:
         if args.strict and problems:
             raise SourceError(f"{source.root}: {len(problems)} unreadable files or folders "
                               "and --strict was given; nothing written")
-        beton_seconds = 0.0 if args.no_beton else write_beton(stage / "data.beton", source,
-                                                              valid, args)
+        beton_seconds = 0.0
+        if not args.no_beton:
+            largest = 3 * max(h * w for h, w in zip(heights, widths))
+            beton_seconds = write_beton(stage / "data.beton", source, valid,
+                                        np.frombuffer(b"".join(digests), np.uint8)
+                                        .reshape(-1, 16), largest, args, stage)
         tables = {}
         if not args.no_beton:  # read back: the bytes FFCV's reader will hand the decoder
             from pipelines.checks import BETON_CHECKS, beton_crcs

@@ -15,18 +15,26 @@ Conversions, and why:
 - ``max_res``: the longer side is reduced to ``max_res`` with a Lanczos
   (antialiased) resize; JPEGs are first decoded at a reduced DCT scale
   (``Image.draft``), which makes a 9000x9000 JPEG cheap.
+- Size limit: an image whose header declares more than ``MAX_PIXELS`` is
+  refused before any pixel is decoded (a 1.4 MB PNG can declare 38000x38000,
+  4.3 GB of pixels), and a MemoryError while decoding is a bad image too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # A 9000x9000 image is 81 Mpx, below PIL's default bomb limit; allow up to
-# 1 Gpx explicitly and report anything larger as a problem, not a crash.
+# 1 Gpx explicitly and report anything larger as a problem, not a crash. PIL
+# itself only raises DecompressionBombError above *twice* MAX_IMAGE_PIXELS (it
+# merely warns in between), so load_rgb checks the declared size itself.
 MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -48,8 +56,21 @@ def load_rgb(data: bytes, max_res: int | None = None) -> Decoded:
     if len(data) == 0:
         raise BadImage("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        return _load_rgb(data, max_res)
+    except MemoryError:  # a size within the limit that still does not fit here
+        raise BadImage("too large to decode in the memory available") from None
+
+
+def _load_rgb(data: bytes, max_res: int | None) -> Decoded:
+    try:
+        with warnings.catch_warnings():  # PIL warns between 1x and 2x its limit; we refuse
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
         fmt, mode = img.format or "?", img.mode
+        w, h = img.size
+        if w * h > MAX_PIXELS:  # before any pixel is decoded: see MAX_PIXELS
+            raise BadImage(f"too large: declares {w}x{h} = {w * h / 1e6:.0f} Mpx, above the "
+                           f"limit of {MAX_PIXELS / 1e6:.0f} Mpx")
         drafted = False
         if max_res and fmt == "JPEG" and max(img.size) > 2 * max_res:
             # Decode at 1/2, 1/4 or 1/8 scale, never below max_res: the image
@@ -64,8 +85,9 @@ def load_rgb(data: bytes, max_res: int | None = None) -> Decoded:
         raise BadImage(f"too large: {e}") from None
     except OSError as e:  # truncated or corrupt data
         raise BadImage(f"corrupt or truncated: {e}") from None
-    except (SyntaxError, ValueError) as e:
-        raise BadImage(f"corrupt: {e}") from None
+    except (SyntaxError, ValueError, EOFError, IndexError, struct.error, ZeroDivisionError) as e:
+        # what PIL's plugins raise on malformed headers and data
+        raise BadImage(f"corrupt: {type(e).__name__}: {e}") from None
 
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
@@ -77,6 +99,23 @@ def load_rgb(data: bytes, max_res: int | None = None) -> Decoded:
     if max_res and max(rgb.shape[:2]) > max_res:
         rgb, changed = shrink(rgb, max_res), True
     return Decoded(np.ascontiguousarray(rgb, dtype=np.uint8), changed, fmt, mode)
+
+
+def pixels(raw, max_res: int | None = None) -> Decoded:
+    """A source item (a file's bytes, or an HWC uint8 array) as RGB pixels: what
+    both outputs are written from."""
+    if isinstance(raw, np.ndarray):
+        rgb = shrink(raw, max_res) if max_res else raw
+        return Decoded(np.ascontiguousarray(rgb), True, "array", "RGB")
+    return load_rgb(raw, max_res)
+
+
+def pixel_digest(rgb: np.ndarray) -> bytes:
+    """16-byte BLAKE2b of decoded pixels and their shape: the converter's two
+    passes compare it to prove both outputs got the same pixels."""
+    h = hashlib.blake2b(np.asarray(rgb.shape, dtype="<i8").tobytes(), digest_size=16)
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.digest()
 
 
 def _to_rgb(img: Image.Image) -> tuple[np.ndarray, bool]:

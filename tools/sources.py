@@ -7,15 +7,27 @@ A source is a random-access list of samples: ``len(src)``, ``src.key(i)``
 uint8 HWC array (already pixels). Sources are built in the parent process and
 inherited by forked workers, so arrays stay shared (STL-10 is memory-mapped:
 its unlabelled split is 2.7 GB).
+
+Hostile sources: CIFAR pickles are read by an unpickler that admits only
+containers and numpy arrays (a pickle can name any callable: plain
+``pickle.load`` of a crafted batches.meta runs a shell command), and an image
+file is opened without ever blocking and read only when it is a regular file
+of a sane size (a FIFO named x.jpg would block forever, a link to /dev/zero
+never ends).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.cli import shown
+from tools.image_decode import MAX_PIXELS, BadImage
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm"}
@@ -80,7 +92,47 @@ class ImageFolder:
         return self.labels[i]
 
     def read(self, i: int) -> bytes:
-        return self.files[i].read_bytes()
+        return read_regular_file(self.files[i])
+
+
+# Larger than any image within the pixel limit can need (uncompressed RGBA at
+# MAX_PIXELS); a bigger file is never read into memory.
+MAX_FILE_BYTES = 4 * MAX_PIXELS
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a directory"))
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (after symlinks) of at most
+    MAX_FILE_BYTES; BadImage otherwise. Never blocks: the file is opened with
+    O_NONBLOCK and checked with fstat on the descriptor itself, so a file that
+    was swapped for a FIFO after the scan is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket (or a FIFO's writer side): not a file
+            raise BadImage("not a regular file (a socket)") from None
+        raise
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a file")
+            raise BadImage(f"not a regular file ({kind}); skipped without reading")
+        if st.st_size > MAX_FILE_BYTES:
+            raise BadImage(f"too large: {st.st_size} bytes, above the limit of "
+                           f"{MAX_FILE_BYTES} bytes for one image file")
+        # Read what fstat says plus one byte (read(n) allocates n bytes up front:
+        # never the limit itself), then on, bounded, in case the file grows.
+        parts, total, want = [], 0, st.st_size + 1
+        while part := f.read(min(want, MAX_FILE_BYTES + 1 - total)):
+            parts.append(part)
+            total += len(part)
+            if total > MAX_FILE_BYTES:
+                raise BadImage(f"too large: more than {MAX_FILE_BYTES} bytes (it grew while "
+                               "being read)")
+            want = 1 << 20
+    return b"".join(parts)
 
 
 class ArraySource:
@@ -105,21 +157,84 @@ class ArraySource:
         return np.ascontiguousarray(self.images[i])
 
 
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as protocol-2 pickles use it (bytes written by Python 3:
+    ``encode(str, "latin1")``), and only that: no other codec is reachable."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {shown(encoding)} is not how "
+                                     "bytes are pickled")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    """The globals a CIFAR-10/100 python pickle names, whichever Python and numpy
+    wrote it: numpy's array reconstruction (``numpy.core`` before numpy 2.0,
+    ``numpy._core`` after; ``_frombuffer`` for protocol 5), ``scalar`` for a numpy
+    number, and ``_codecs.encode`` for bytes in Python 3's protocol 2. Each makes
+    only an array, a dtype, a number or bytes."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits builtin containers and numpy arrays only (the standard of
+    ``torch.load(weights_only=True)``): a pickle naming any other global (os.system,
+    builtins.exec, a class whose construction runs code) is refused before
+    anything it names is imported or called."""
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):
+        if _CifarUnpickler._allowed is None:
+            _CifarUnpickler._allowed = _allowed_globals()
+        found = _CifarUnpickler._allowed.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise SourceError(f"{path}: missing")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except _Refused as e:
+        raise SourceError(f"{path}: refused: the pickle names {shown(str(e), 80)}, which no "
+                          "CIFAR python file holds (a crafted pickle runs code when loaded); "
+                          "nothing of it was run. Use the original CIFAR files") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the same problem
-        raise SourceError(f"{path}: not a CIFAR python pickle ({type(e).__name__}: {e})") from None
+        raise SourceError(f"{path}: not a CIFAR python pickle ({type(e).__name__}: "
+                          f"{shown(str(e), 120)})") from None
+    if not isinstance(d, dict):
+        raise SourceError(f"{path}: not a CIFAR python pickle (holds a {type(d).__name__}, "
+                          "not a dict)")
+    return d
 
 
 def _cifar_rows(path: Path, d: dict, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     if b"data" not in d or label_key not in d:
         raise SourceError(f"{path}: not a CIFAR batch (no {b'data'!r} / {label_key!r})")
-    data = np.asarray(d[b"data"], dtype=np.uint8)
-    labels = np.asarray(d[label_key], dtype=np.int64)
+    try:
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SourceError(f"{path}: {b'data'!r} / {label_key!r} are not arrays of numbers "
+                          f"({type(e).__name__}: {shown(str(e), 120)})") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise SourceError(f"{path}: data has shape {data.shape} with {len(labels)} labels; "
                           "expected (N, 3072) with N labels")
@@ -139,15 +254,15 @@ def cifar(root: Path, split: str, hundred: bool) -> ArraySource:
                  else [root / "test_batch"])
         meta = _unpickle(root / "batches.meta")
         classes, label_key = meta.get(b"label_names"), b"labels"
-    if classes is None:
-        raise SourceError(f"{root}: meta file has no label names")
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise SourceError(f"{root}: meta file has no list of label names")
     images, labels, names = [], [], []
     for path in files:
         x, y = _cifar_rows(path, _unpickle(path), label_key)
         images.append(x)
         labels.append(y)
         names += [f"{path.name}[{i}]" for i in range(len(x))]
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in classes]
+    classes = [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in classes]
     y = np.concatenate(labels)
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         raise SourceError(f"{root}: labels outside 0..{len(classes) - 1}")
