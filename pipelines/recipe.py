@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from pipelines.cli import Range, shown
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -91,14 +93,15 @@ def _swav(size: int, small: int) -> Recipe:
 PRESETS = {"augself": _augself, "simclr": _simclr, "byol": _byol, "swav": _swav}
 
 
-def parse_jitter(text: str) -> tuple[float, float, float, float]:
-    """'B,C,S,H' -> the four strengths, checked (torchvision's limits)."""
+def parse_jitter(text: str, name: str = "jitter") -> tuple[float, float, float, float]:
+    """'B,C,S,H' -> the four strengths, each in its range (JITTER)."""
     try:
-        vals = tuple(float(x) for x in text.split(","))
+        vals = tuple(float(x) for x in str(text).split(","))
     except ValueError:
-        raise ValueError(f"{text!r}: expected four numbers B,C,S,H") from None
-    if len(vals) != 4 or min(vals) < 0 or vals[3] > 0.5:
-        raise ValueError(f"{text!r}: expected four numbers B,C,S,H, each >= 0, H <= 0.5")
+        vals = ()
+    if len(vals) != 4 or not all(r.admits(v) for r, v in zip(JITTER, vals)):
+        raise ValueError(f"{name}={shown(text, 100)} is out of range: expected 4 comma-separated "
+                         f"numbers {JITTER_TEXT}")
     return vals  # type: ignore[return-value]
 
 
@@ -133,47 +136,110 @@ def preset(name: str, size: int = 224, small_size: int | None = None) -> Recipe:
     return PRESETS[name](size, small)
 
 
-# Fields of a ViewRecipe a recipe spec may set, with how many numbers each takes.
-_VIEW_FIELDS = {"size": 1, "scale": 2, "ratio": 2, "flip_p": 1, "jitter": 4, "jitter_p": 1,
-                "gray_p": 1, "blur_p": 1, "blur_sigma": 2, "solarize_p": 1, "rotate": 1,
-                "rotate_shift": 1}
+# The documented range of every view setting (README, "Bad options"), checked
+# before any work; the reasons:
+# - size: at least 8 px (the backbones' strides); at most 1024 px, 4.6 times
+#   ImageNet's 224 and above any SSL recipe's view: a batch of 256 such views is
+#   3 GiB of float32 per view before the backbone sees it, and a side of 100000
+#   made DALI fail with bad_alloc and the torchvision loader ask for terabytes.
+# - jitter: 0 (none) or at least 0.001 (less moves a pixel by under a quarter of
+#   an 8-bit level, and a hue range under ~1e-38 overflows AugSelf's colour code,
+#   h / 2H, in float32); brightness, contrast and saturation at most 10 (factors
+#   up to 11: every pixel saturates long before); hue at most half a turn
+#   (torchvision's limit: +-0.5 covers the circle).
+# - blur_sigma: in output pixels, at most 100 (a 601-tap window); a view also
+#   needs 3 sigma < its side, since the blur pads by reflection (check_views).
+# - ratio: the crop's aspect w/h in [1/10, 10]; scale: a fraction of the area.
+MAX_SIZE = 1024
+MAX_VIEWS = 16    # views a spec may list (SwAV's multi-crop has 8)
+SIZE = Range(8, MAX_SIZE, integer=True)
+PROBABILITY = Range(0, 1)
+STRENGTH, HUE = Range(0.001, 10, zero="none"), Range(0.001, 0.5, zero="none")
+JITTER = (STRENGTH, STRENGTH, STRENGTH, HUE)
+JITTER_TEXT = ("B,C,S,H: strengths B, C, S in [0.001, 10] and hue H in [0.001, 0.5], each "
+               "or 0 (none)")
+SIGMA = Range(0, 100, lo_open=True)
+# setting -> (the range of each of its numbers, whether they are a [low, high] pair);
+# rotate is true or false
+VIEW_SETTINGS: dict[str, tuple[tuple[Range, ...], bool] | None] = {
+    "size": ((SIZE,), False), "scale": ((Range(0, 1, lo_open=True),) * 2, True),
+    "ratio": ((Range(0.1, 10),) * 2, True), "flip_p": ((PROBABILITY,), False),
+    "jitter": (JITTER, False), "jitter_p": ((PROBABILITY,), False),
+    "gray_p": ((PROBABILITY,), False), "blur_p": ((PROBABILITY,), False),
+    "blur_sigma": ((SIGMA,) * 2, True), "solarize_p": ((PROBABILITY,), False),
+    "rotate": None, "rotate_shift": ((Range(-1, 3, integer=True),), False)}
+
+
+def expected(key: str) -> str:
+    """What a view setting takes, as a message says it."""
+    if VIEW_SETTINGS[key] is None:
+        return "true or false"
+    if key == "jitter":
+        return f"4 numbers {JITTER_TEXT}"
+    ranges, pair = VIEW_SETTINGS[key]
+    kind = "a whole number" if ranges[0].integer else "a finite number"
+    return f"[low, high] with low <= high, each {kind} in {ranges[0]}" if pair else \
+        f"{kind} in {ranges[0]}"
+
+
+def named(keys, limit: int = 6) -> str:
+    """Keys for a message: any type (YAML keys may be numbers), sorted as text, each
+    bounded and on one line (a key holding a newline is shown quoted)."""
+    keys = sorted(keys, key=lambda k: (type(k).__name__, str(k)))
+    shown_keys = [k if isinstance(k, str) and k.isprintable() and len(k) <= 60
+                  else shown(k, 60) for k in keys[:limit]]
+    more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(map(str, shown_keys)) + more
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _view_overrides(d: dict, where: str) -> dict:
+    """A spec's view settings, each checked against its range; every message names
+    ``where`` and the key and quotes the value bounded (a YAML alias bomb must not
+    be expanded into the message)."""
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping of view settings, got {d!r}")
-    unknown = sorted(set(d) - set(_VIEW_FIELDS))
+        raise ValueError(f"{where}: expected a mapping of view settings, got {shown(d, 100)}")
+    unknown = [k for k in d if k not in VIEW_SETTINGS]
     if unknown:
-        raise ValueError(f"{where}: unknown view setting(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(_VIEW_FIELDS)}")
+        raise ValueError(f"{where}: unknown view setting(s) {named(unknown)}; known: "
+                         f"{', '.join(VIEW_SETTINGS)}")
     out = {}
     for k, v in d.items():
-        n = _VIEW_FIELDS[k]
-        if k == "rotate":
-            if not isinstance(v, bool) and v not in (0, 1):
-                raise ValueError(f"{where}: rotate is true or false, got {v!r}")
+        if VIEW_SETTINGS[k] is None:  # rotate
+            if not (isinstance(v, bool) or (_number(v) and v in (0, 1))):
+                raise ValueError(f"{where}: {k}={shown(v, 100)}: expected true or false")
             out[k] = bool(v)
             continue
-        if k == "rotate_shift":
-            if isinstance(v, bool) or v not in (-1, 0, 1, 2, 3):
-                raise ValueError(f"{where}: rotate_shift is -1 (own draw) or 0-3, got {v!r}")
-            out[k] = int(v)
-            continue
-        vals = v if isinstance(v, (list, tuple)) else [v]
-        if len(vals) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                     for x in vals):
-            raise ValueError(f"{where}: {k} takes {n} number{'s' if n > 1 else ''}, got {v!r}")
-        if k.endswith("_p") and not 0 <= vals[0] <= 1:
-            raise ValueError(f"{where}: {k} is a probability in [0, 1], got {vals[0]}")
-        if k == "size" and (int(vals[0]) != vals[0] or vals[0] < 8):
-            raise ValueError(f"{where}: size must be a whole number of pixels >= 8, got {v}")
-        if k in ("scale", "ratio", "blur_sigma") and not 0 < vals[0] <= vals[1]:
-            raise ValueError(f"{where}: {k} must be [low, high] with 0 < low <= high, got {v}")
-        if k == "jitter":
-            parse_jitter(",".join(str(x) for x in vals))
-        out[k] = int(vals[0]) if k == "size" else (float(vals[0]) if n == 1
-                                                  else tuple(float(x) for x in vals))
+        ranges, pair = VIEW_SETTINGS[k]
+        n = len(ranges)
+        vals = list(v) if isinstance(v, (list, tuple)) else [v]
+        if len(vals) != n or not all(_number(x) for x in vals):
+            raise ValueError(f"{where}: {k}={shown(v, 100)} is not {n} number"
+                             f"{'s' if n > 1 else ''}: expected {expected(k)}")
+        if not all(r.admits(x) for r, x in zip(ranges, vals)) or (pair and vals[0] > vals[1]):
+            raise ValueError(f"{where}: {k}={shown(v, 100)} is out of range: expected "
+                             f"{expected(k)}")
+        out[k] = int(vals[0]) if ranges[0].integer else (float(vals[0]) if n == 1
+                                                         else tuple(float(x) for x in vals))
     return out
+
+
+def check_views(recipe: Recipe, where: str = "recipe") -> None:
+    """What each view of a whole recipe (preset, spec, --jitter and rotated views
+    together) must satisfy beyond its settings' own ranges."""
+    for i, v in enumerate(recipe.views):
+        if not SIZE.admits(v.size):
+            raise ValueError(f"{where}.views[{i}]: size={shown(v.size)} is out of range: "
+                             f"expected {expected('size')}")
+        reach = math.ceil(3 * v.blur_sigma[1])
+        if v.blur_p > 0 and reach >= v.size:
+            raise ValueError(f"{where}.views[{i}]: blur_sigma={list(v.blur_sigma)} reaches "
+                             f"{reach} px (3 sigma) from each pixel, too far for its {v.size} "
+                             f"px view (the blur pads by reflection): expected 3 x high < "
+                             "size, or blur_p 0")
 
 
 def from_spec(spec: dict, base: Recipe, where: str = "recipe") -> Recipe:
@@ -185,20 +251,26 @@ def from_spec(spec: dict, base: Recipe, where: str = "recipe") -> Recipe:
                                           repeats its last view)
 
     View settings are ViewRecipe's fields (size, scale, ratio, flip_p, jitter,
-    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate, rotate_shift);
-    unknown keys and bad values are errors naming ``where`` and the key."""
+    jitter_p, gray_p, blur_p, blur_sigma, solarize_p, rotate, rotate_shift), each
+    in its range (VIEW_SETTINGS); unknown keys and bad values are errors naming
+    ``where``, the key, the value and the range."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: expected a mapping with 'all' and/or 'views'")
-    unknown = sorted(set(spec) - {"all", "views"})
+        raise ValueError(f"{where}: expected a mapping with 'all' and/or 'views', got "
+                         f"{shown(spec, 100)}")
+    unknown = [k for k in spec if k not in ("all", "views")]
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; use all and/or views")
+        raise ValueError(f"{where}: unknown key(s) {named(unknown)}; use all and/or views")
     views = list(base.views)
     common = _view_overrides(spec.get("all", {}), f"{where}.all")
     views = [replace(v, **common) for v in views]
     per = spec.get("views")
     if per is not None:
         if not isinstance(per, list) or not per:
-            raise ValueError(f"{where}.views: expected a non-empty list of view settings")
+            raise ValueError(f"{where}.views: expected a non-empty list of view settings, "
+                             f"got {shown(per, 100)}")
+        if len(per) > MAX_VIEWS:
+            raise ValueError(f"{where}.views: {len(per)} views, out of range: expected "
+                             f"[1, {MAX_VIEWS}] views")
         views = [replace(views[min(i, len(views) - 1)],
                          **_view_overrides(d, f"{where}.views[{i}]"))
                  for i, d in enumerate(per)]

@@ -30,11 +30,13 @@ def test_spec_builds_the_views_it_says():
 
 @pytest.mark.parametrize("spec,says", [
     ({"views": [{"scael": [0.2, 1]}]}, r"recipe.views\[0\]: unknown view setting\(s\) scael"),
-    ({"all": {"gray_p": 1.5}}, r"recipe.all: gray_p is a probability"),
-    ({"all": {"jitter": [0.4, 0.4]}}, r"recipe.all: jitter takes 4 numbers"),
+    ({"all": {"gray_p": 1.5}}, r"recipe.all: gray_p=1.5 is out of range: expected a finite "
+                               r"number in \[0, 1\]"),
+    ({"all": {"jitter": [0.4, 0.4]}}, r"recipe.all: jitter=\[0.4, 0.4\] is not 4 numbers"),
     ({"views": []}, r"recipe.views: expected a non-empty list"),
     ({"view": []}, r"recipe: unknown key\(s\) view"),
-    ({"all": {"scale": [1.0, 0.2]}}, r"scale must be \[low, high\]"),
+    ({"all": {"scale": [1.0, 0.2]}}, r"scale=\[1.0, 0.2\] is out of range: expected \[low, "
+                                     r"high\] with low <= high"),
 ])
 def test_bad_specs_are_named(spec, says):
     with pytest.raises(ValueError, match=says):

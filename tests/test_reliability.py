@@ -61,6 +61,12 @@ def test_resume_without_checkpoint_is_an_error_and_changes_nothing(finished, tmp
     assert after == before
 
 
+# A run that diverges within its ranges (--lr 1e12 is refused now): VICReg's terms
+# weighted 1000 at lr 100 turn the weights non-finite after step 2.
+DIVERGES = ["--lr", "100", "--method", "vicreg", "--vicreg-coeffs", "1000,1000,1000",
+            "--proj-hidden", "2048", "--proj-dim", "2048"]
+
+
 def _strict_json_lines(path):
     def refuse(token):
         raise ValueError(f"non-JSON token {token} in {path}")
@@ -75,7 +81,7 @@ def _strict_json_lines(path):
 ])
 def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_good_files(
         tiny_dataset, tmp_path, ckpt_every, says, kept):
-    """--lr 1e12: the weights turn non-finite after step 2. Checkpointing each epoch,
+    """DIVERGES: the weights turn non-finite after step 2. Checkpointing each epoch,
     the next steps' losses are NaN: skipped, counted, and the run stops after 3 in
     a row, with no checkpoint to keep (and the message says so, not that one is
     kept); checkpointing every step, the save after step 2 refuses the weights and
@@ -83,7 +89,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_good_files(
     checkpoint or backbone, strict-JSON metrics."""
     run = tmp_path / "run"
     r = _run(*trainrun.args(tiny_dataset, run, "--epochs", "5", "--device", "cpu",
-                            "--ckpt-every", ckpt_every, "--max-bad-steps", "3"), "--lr", "1e12")
+                            "--ckpt-every", ckpt_every, "--max-bad-steps", "3"), *DIVERGES)
     assert r.returncode == 1, r.stderr[-2000:]
     assert says in r.stderr and kept in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
@@ -141,10 +147,10 @@ def test_sigterm_checkpoints_the_step_and_a_moved_folder_resumes_exactly(tiny_da
 
 
 @pytest.mark.parametrize("bad, says", [
-    (["--max-steps", "-5"], "max_steps must be >= 0"),
-    (["--ckpt-every", "-1"], "ckpt_every must be >= 0"),
-    (["--size", "1"], "too small"),
-    (["--lr", "nan"], "positive finite"),
+    (["--max-steps", "-5"], "max_steps=-5 is out of range"),
+    (["--ckpt-every", "-1"], "ckpt_every=-1 is out of range"),
+    (["--size", "1"], "size=1 is out of range"),
+    (["--lr", "nan"], "lr=nan is out of range"),
     (["--test-data", "/nonexistent/test"], "/nonexistent/test: no manifest.json"),
 ])
 def test_bad_options_fail_before_any_work(tiny_dataset, tmp_path, bad, says):

@@ -36,8 +36,7 @@ from pathlib import Path
 from pipelines import cli
 from pipelines.folder_lock import FolderLock
 from trainer import evaluate as ev
-
-SEED = cli.Range(0, 2**31 - 1, integer=True)
+from trainer.config import SEED  # the trainer's range: a run's own seed evaluates
 
 
 def _tasks(text: str) -> tuple[str, ...]:

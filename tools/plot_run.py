@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -28,10 +29,22 @@ def read(run: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {n}: not JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {n}: {cli.shown(row, 60)} is not a JSON object of "
+                             "logged quantities; is it a metrics.jsonl the trainer wrote?")
+        rows.append(row)
     return rows
+
+
+def _finite(v) -> bool:
+    """A plottable number: finite, and within 1e300 of 0 (matplotlib's axis
+    arithmetic overflows near float's limit and fails as "arange: cannot compute
+    length")."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+        and abs(v) <= 1e300
 
 
 def keys_of(runs: dict[str, list[dict]]) -> list[str]:
@@ -54,7 +67,10 @@ def plot(runs: dict[str, list[dict]], keys: list[str], out: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for name, data in runs.items():
-            pts = [(r["step"], r[key]) for r in data if r.get(key) is not None and "step" in r]
+            # a non-finite value (a skipped step's NaN or inf loss) is a gap: one inf
+            # would make the axis infinite, and matplotlib fails on it
+            pts = [(r["step"], r[key]) for r in data if _finite(r.get(key))
+                   and _finite(r.get("step"))]
             if pts:
                 ax.plot(*zip(*pts), label=name)
         ax.set_title(key)

@@ -19,9 +19,12 @@ import numpy as np
 
 from pipelines import cli
 from pipelines.build import BACKENDS, LoaderConfig, build_loader
-from pipelines.recipe import PRESETS
+from pipelines.recipe import PRESETS, SIZE
 from pipelines.records import Records, open_rgb
 from pipelines.view_grid import draw
+
+ROWS = cli.Range(1, 256, integer=True)
+SEED = cli.Range(0, 2 ** 32 - 1, integer=True)  # as trainer/config.py's SEED
 
 
 def main(argv=None) -> int:
@@ -30,9 +33,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="converted dataset folder")
     ap.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
     ap.add_argument("--preset", default="augself", choices=list(PRESETS))
-    ap.add_argument("--n", type=int, default=4, help="images")
-    ap.add_argument("--size", type=int, default=96, help="large view side")
-    ap.add_argument("--seed", type=int, default=0)
+    # the trainer's ranges for a view's side and the seed (trainer/config.py); at
+    # most 256 rows in one picture
+    ap.add_argument("--n", type=cli.ranged(ROWS, "--n"), default=4, help=f"images, in {ROWS}")
+    ap.add_argument("--size", type=cli.ranged(SIZE, "--size"), default=96,
+                    help=f"large view side, in {SIZE}")
+    ap.add_argument("--seed", type=cli.ranged(SEED, "--seed"), default=0, help=f"in {SEED}")
     ap.add_argument("--out", required=True, help="PNG grid to write")
     ap.add_argument("--npz", default=None, help="also save views and parameters here")
     cli.add_debug(ap)
@@ -43,7 +49,7 @@ def main(argv=None) -> int:
                                            drop_last=False, keep_raw=True, device="cpu"))
         batch = next(iter(loader))
     except (FileNotFoundError, RuntimeError, ValueError) as e:
-        print(f"show_views: error: {e}", file=sys.stderr)
+        print(f"show_views: error: {cli.one_line(str(e))}", file=sys.stderr)
         return 1
     rec = Records(a.data)
     # The converter writes sample i at record position i: read only the N shown.
