@@ -97,3 +97,29 @@ def test_a_partial_folder_that_is_not_a_stage_is_left_alone(tmp_path):
         with staged:
             pass
     assert (mine / "keep.txt").read_text() == "mine"
+
+
+def test_ctrl_c_to_the_process_group_is_one_line_and_leaves_nothing(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: the workers must leave
+    it to the parent (no 'Process ForkPoolWorker-2: Traceback'), and the parent
+    leaves no .partial-* folder and no output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "D"
+    p = subprocess.Popen([sys.executable, "-m", "tools.make_synthetic", "--out", str(out),
+                          "--n-train", "100000", "--n-test", "0", "--size", "32", "--quiet",
+                          "--workers", "2"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.time() + 60
+    while not any(out.glob(".partial-*/train/*/*.jpg")):  # the workers are drawing
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130 and err.strip() == "make_synthetic: interrupted", err
+    assert not out.exists()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from pipelines import cli
+from tools import convert_workers as cw
 from tools.staging import OutputError, StagedOutput
 
 HUE_BIN = 30  # degrees; bin k covers [30k - 15, 30k + 15)
@@ -134,6 +134,21 @@ def _job(task):
     return colour, shape
 
 
+CHUNK = 32  # images a task: few enough to keep every worker busy to the end
+
+
+_INFLIGHT: cw.InFlight | None = None  # set before the workers fork
+
+
+def _jobs(chunk) -> int:
+    tasks, first = chunk
+    for k, task in enumerate(tasks):
+        _INFLIGHT.set(first + k)
+        _job(task)
+    _INFLIGHT.set(-1)
+    return len(tasks)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'64' -> (64, 64); '500x375' -> (500, 375) as (width, height)."""
     try:
@@ -159,10 +174,20 @@ def generate(out: str | Path, size=(64, 64), n_train=4000, n_test=1000, seed=0, 
                     (stage / split / class_name(c, s)).mkdir(parents=True)
         tasks = [(str(stage), seed, split, i, size, quality)
                  for split, n in counts.items() for i in range(n)]
-        with mp.get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
-            for _ in tqdm(pool.imap(_job, tasks, chunksize=32), total=len(tasks),
-                          disable=quiet, desc="synthetic", unit="img"):
-                pass
+        # Supervised workers (tools/convert_workers.py): a worker that dies ends the
+        # run naming its image instead of a pool waiting forever for a lost task, and
+        # Ctrl-C is the parent's one line, not every worker's traceback.
+        n = workers or os.cpu_count() or 1
+        chunks = [(tasks[a:a + CHUNK], a) for a in range(0, len(tasks), CHUNK)]
+        global _INFLIGHT
+        _INFLIGHT = inflight = cw.InFlight(n)  # inherited by the forked workers
+
+        def image(k: int) -> str:
+            return f"{tasks[k][2]}/image {tasks[k][3]}"
+
+        with tqdm(total=len(tasks), disable=quiet, desc="synthetic", unit="img") as bar:
+            for done in cw.ordered_map(_jobs, chunks, n, inflight, image):
+                bar.update(done)
         meta = {
             "generator": "tools.make_synthetic", "seed": seed, "size_wh": list(size),
             "quality": quality, "counts": counts,
@@ -182,11 +207,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder (ImageFolder tree)")
     p.add_argument("--size", type=parse_size, default=(64, 64),
                    help="image size: N (square) or WxH, e.g. 500x375")
-    p.add_argument("--n-train", type=int, default=4000, help="train images")
-    p.add_argument("--n-test", type=int, default=1000, help="test images")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    # Finite ranges, checked by argparse before any work (exit 2): up to 10 million
+    # images a split (8x ImageNet's train set, tens of GB of JPEG); the seed as the
+    # trainer's (32-bit unsigned: numpy refuses a negative one); PIL's JPEG quality.
+    count, seed = cli.Range(0, 10 ** 7, integer=True), cli.Range(0, 2 ** 32 - 1, integer=True)
+    quality, workers = cli.Range(1, 100, integer=True), cli.Range(1, 256, integer=True)
+    p.add_argument("--n-train", type=cli.ranged(count, "--n-train"), default=4000,
+                   help=f"train images, in {count}")
+    p.add_argument("--n-test", type=cli.ranged(count, "--n-test"), default=1000,
+                   help=f"test images, in {count}")
+    p.add_argument("--seed", type=cli.ranged(seed, "--seed"), default=0,
+                   help=f"dataset seed, in {seed}")
+    p.add_argument("--quality", type=cli.ranged(quality, "--quality"), default=95,
+                   help=f"JPEG quality, in {quality}")
+    p.add_argument("--workers", type=cli.ranged(workers, "--workers"), default=None,
+                   help=f"processes, in {workers} (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_debug(p)
