@@ -201,7 +201,7 @@ BAD_OPTIONS = [  # (option, value, the range the line must show)
     ("--knn-k", "2.5", "[1, 10000]"), ("--ways", "1", "[2, 1000]"),
     ("--queries", "inf", "[1, 10000]"), ("--episodes", "10000000", "[1, 1000000]"),
     ("--shots", "1,0", "[1, 10000]"), ("--shots", "1,nan", "[1, 10000]"),
-    ("--seed", "-1", "[0, 2147483647]"),
+    ("--seed", "-1", "[0, 4294967295]"),  # the trainer's seeds (trainer.config.SEED)
 ]
 
 

@@ -84,7 +84,7 @@ def test_the_turn_is_the_one_applied():
 def test_spec_rotate_is_a_flag():
     r = from_spec({"views": [{}, {"rotate": True}]}, preset("augself", 24))
     assert [v.rotate for v in r.views] == [False, True]
-    with pytest.raises(ValueError, match=r"recipe.all: rotate is true or false"):
+    with pytest.raises(ValueError, match=r"recipe.all: rotate=3: expected true or false"):
         from_spec({"all": {"rotate": 3}}, preset("augself", 24))
 
 

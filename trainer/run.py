@@ -180,7 +180,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {env.world} ranks")
     # Checked on every rank (a shared file system), so no rank is left waiting for one
     # that stopped; nothing is created before these pass.
-    run_folder.check(run_dir, cfg.resume, cfg.overwrite)
+    run_folder.check(run_dir, cfg.resume, cfg.overwrite, held=not env.main)
     data_id = {"data": datasets.identity(cfg.data)}
     if cfg.test_data:
         data_id["test_data"] = datasets.identity(cfg.test_data)

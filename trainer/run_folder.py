@@ -55,7 +55,9 @@ def _is_run_config(path: Path) -> bool:
 
 def check(run_dir: Path, resume: bool, overwrite: bool, held: bool = False) -> None:
     """Refuse, naming the folder and what to do, a start that would lose or mix
-    files; changes nothing. ``held``: this process holds the folder's lock."""
+    files; changes nothing. ``held``: the lock is this job's (this process holds it,
+    or this is a rank > 0 whose rank 0 may already hold it), so it is not a reason
+    to refuse."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir}: exists and is not a folder; choose another --out")
     busy = None if held else folder_lock.holder(run_dir)
