@@ -45,9 +45,7 @@ apt:
 $(STAMP): requirements.txt pyproject.toml | apt
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	# --no-compile: pip would byte-compile every module of torch & co. (~30 s of a clean
-	# set-up here); Python compiles and caches the ones actually imported on first use.
-	$(PY) -m pip install -q --no-compile -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt
 	# ffcv's build imports numpy, so it builds against the venv's numpy, not an isolated one.
 	$(PY) -m pip install -q --no-build-isolation ffcv==1.0.2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
