@@ -180,7 +180,9 @@ def _views_of(opts: dict, recipe) -> list[dict]:
 
 
 def _overrides(d: dict) -> dict:
-    out = {k: d[k] for k in ("size", "blur_p", "rotate") if k in d}
+    # a one-number setting may be written as a one-element list (recipe.from_spec)
+    out = {k: (d[k][0] if isinstance(d[k], (list, tuple)) else d[k])
+           for k in ("size", "blur_p", "rotate") if k in d}
     if "blur_sigma" in d:
         out["blur_hi"] = d["blur_sigma"][1]
     if "rotate" in out:
