@@ -1,20 +1,11 @@
 """Every backend's views equal reference.render(source, emitted params) within a
 stated tolerance, for every preset.
 
-Tolerances (PSNR against the reference, 8-bit; measured over the 4 presets at
-48/24 px on the small raw dataset, re-measured 2026-11-23 when the synthetic set
-got fine hue bins, one batch of 16 per preset, as this test draws it):
-- torchvision: renders with the reference ops themselves: exact.
-- dali-cpu: crop+resize is DALI's linear resize with antialiasing, the same
-  triangle filter as torchvision's antialiased bilinear but its own
-  implementation and a uint8 rounding before the colour ops; measured min 37.8 dB
-  (one 24 px swav view: a tiny crop of an object edge; 46 dB on the earlier
-  images), 5th percentile 50.2 dB (swav alone 49.4), median 58 dB. Bound: min >=
-  36 dB, 5th percentile >= 47 dB, median >= 50 dB.
-- ffcv: FFCV's resize_crop is OpenCV INTER_AREA, a box filter, not a triangle:
-  measured min 34.9 dB, 5th percentile 42.3 dB (swav alone 41.8), median 54.2 dB.
-  Bound: min >= 33 dB, 5th percentile >= 40 dB, median >= 45 dB. That the *box* is exact despite the filter is checked
-  separately: the emitted box matches better than the box moved by 2 pixels.
+Tolerances: PSNR against the reference, 8-bit (min, 5th percentile, median of a
+batch), pipelines/parity.py BOUNDS with how each was measured; torchvision is exact,
+dali-cpu differs by DALI's own antialiased resize, ffcv by OpenCV's box filter. That
+the *box* is exact despite the filter is checked separately: the emitted box matches
+better than the box moved by 2 pixels.
 Colour, grayscale, blur and solarize: on a GPU they run batched in torch
 (pipelines/photometric.py), which matches the torchvision reference to < 0.01 of
 an 8-bit level (test below); on a CPU device dali-cpu and ffcv run the numba
@@ -33,15 +24,10 @@ from conftest import backends_here
 from pipelines import photometric, reference, sampling
 from pipelines.build import LoaderConfig, build_loader
 from pipelines.params import check, view
+from pipelines.parity import BOUNDS
 from pipelines.recipe import PRESETS, preset
 
-# (min, 5th percentile, median) in dB. dali-gpu: set below dali-cpu (nvJPEG and the
-# GPU resize may differ from the CPU ones by a level here and there). Its earlier
-# bounds (min 38, median 42) held on an H100 (2026-11-23, all 4 presets) on the
-# earlier images; not yet run on the fine-hue images: tighten once a GPU session
-# prints its PSNRs.
-BOUNDS = {"torchvision": (np.inf, np.inf, np.inf), "dali-cpu": (36.0, 47.0, 50.0),
-          "dali-gpu": (34.0, 40.0, 42.0), "ffcv": (33.0, 40.0, 45.0)}
+# (min, 5th percentile, median) in dB: pipelines/parity.py, with their provenance.
 
 
 def _loader(data, backend, name, size=48, batch=16, seed=0, **kw):
