@@ -38,8 +38,21 @@ def test_crop_sampler_matches_torchvision(name, hw):
         a2, r2 = _area_logratio(_tv_boxes(h, w, vr, N_DRAWS), h, w)
         assert stats.ks_2samp(a1, a2).pvalue > 1e-3
         assert stats.ks_2samp(r1, r2).pvalue > 1e-3
-        tops = np.array([b[0] / max(1, h - b[2]) for b in ours if b[2] < h - 20])
-        assert stats.kstest(tops, "uniform").pvalue > 1e-3  # position uniform
+        # The position: top and left each uniform over the places the box fits, as
+        # torchvision's, and drawn independently (a left taken from top's random
+        # slot, or left = 0, fails here; the area and ratio tests cannot see it).
+        ours, theirs = np.asarray(ours, dtype=float), _tv_boxes(h, w, vr, N_DRAWS)
+        for axis, side in ((0, h), (1, w)):  # 0: top, 1: left
+            for boxes in (ours, theirs):
+                room = boxes[:, 2 + axis] < side - 20  # a box with room to move
+                pos = boxes[room, axis] / (side - boxes[room, 2 + axis])
+                assert stats.kstest(pos, "uniform").pvalue > 1e-3, (axis, boxes is ours)
+            assert stats.ks_2samp(ours[:, axis], theirs[:, axis]).pvalue > 1e-3, axis
+        room = (ours[:, 2] < h - 20) & (ours[:, 3] < w - 20)
+        fy = ours[room, 0] / (h - ours[room, 2])
+        fx = ours[room, 1] / (w - ours[room, 3])
+        # uncorrelated: |r| under 4 standard errors of a zero correlation
+        assert abs(np.corrcoef(fy, fx)[0, 1]) < 4 / math.sqrt(room.sum())
 
 
 def _rate_ok(flags, p):
