@@ -30,7 +30,8 @@ BAD = [  # (module, argv, what the line must say)
      "/nonexistent/run"),
     ("tools.make_synthetic", ["--out", "/etc/hostname"], "/etc/hostname"),
     ("trainer.run", ["--data", "/nonexistent/d"], "/nonexistent/d"),
-    ("trainer.run", ["--data", "{tmp}", "--out", "{tmp}/r", "--resume"], "r"),
+    ("trainer.run", ["--data", "{tmp}", "--out", "{tmp}/r", "--resume"],
+     "{tmp}/r/config.json does not exist; nothing to resume"),
     ("trainer.run", ["--config", "{tmp}/bad.json"], "bad.json"),
 ]
 
@@ -41,6 +42,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(module, argv, names, tmp_path,
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.json").write_text("{not json")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    names = names.replace("{tmp}", str(tmp_path))
     rc = cli.run(tool(module), module, argv)
     err = capsys.readouterr().err.strip()
     assert rc != 0
