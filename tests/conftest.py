@@ -41,6 +41,21 @@ def pytest_runtest_setup(item):
             pytest.skip("no CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global random state (torch, numpy, random),
+    whichever worker runs it and whatever ran before: a draw a test forgot to seed
+    gives the same inputs on every run, so a failure reproduces."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 def run_tool(module: str, *args: str):
     """Run `python -m module args` as a user would; returns CompletedProcess."""
     import subprocess
