@@ -18,6 +18,11 @@ Stages (``stage``):
   GPU) and 2 launches, where the torch stage made ~1,300;
 - ``torch``: the batched torch stage (photometric.py), optionally compiled: the
   definition the others are tested against, and a fallback.
+
+The Triton stage's first batch is checked against the torch stage unless
+``self_check`` is off (pipelines/triton_check.py): a disagreement, like a first
+batch that raises, switches the loader to the torch stage, with one line on
+stderr. ``self_check_result`` says what happened, for reports (tools/doctor).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipelines import photometric
+from pipelines import photometric, triton_check
 from pipelines.params import DRAWN, DRAWN_AT, FIELDS, WIDTH, split
 from pipelines.recipe import Recipe
 from pipelines.sampling import sample_rest
@@ -91,6 +96,10 @@ class Finisher:
     keep_raw: bool = False
     stage: str = "torch"
     compile: bool = False
+    self_check: bool = True  # compare the Triton stage's first batch with the torch stage
+    # None until a first Triton batch; then "off" (not checked), "passed: <per view>",
+    # or "failed: <what differed, or what the first batch raised>" (now the torch stage)
+    self_check_result: str | None = field(default=None, init=False)
     _consts: dict = field(default_factory=dict, init=False, repr=False)
     _triton_ran: bool = field(default=False, init=False, repr=False)  # compiled and ran once
 
@@ -112,6 +121,7 @@ class Finisher:
             try:  # the first batch compiles the kernel for this GPU
                 batch = self._triton(crops, crop, labels, index, epoch)
             except Exception as e:  # noqa: BLE001 - any compile failure: fall back, loudly
+                self.self_check_result = f"failed: raised {type(e).__name__}: {e}"
                 print(f"warning: the Triton photometric stage failed on its first batch "
                       f"({type(e).__name__}: {e}); falling back to the batched torch stage "
                       "(slower; LoaderConfig.stage='torch' chooses it directly)",
@@ -119,11 +129,42 @@ class Finisher:
                 self.stage, self.apply = "torch", compiled_apply(self.compile)
             else:
                 self._triton_ran = True
-                return batch
+                if not self.self_check:
+                    self.self_check_result = "off"
+                    return batch
+                return self._checked(batch, crops)
         if self.stage == "done" and done is None:
             raise ValueError("stage 'done' needs the views' parameters")
         return self._batched(crops, torch.as_tensor(crop), torch.as_tensor(labels),
                              torch.as_tensor(index), epoch, done)
+
+    def _checked(self, batch: Batch, crops) -> Batch:
+        """The Triton stage's first batch if the torch stage renders it within the
+        bound; else the torch stage's, and the loader switches to it (one line)."""
+        views, raws = triton_check.torch_render(self, crops, batch)
+        ok, what = triton_check.compare(batch, views, raws, self._consts["mean"],
+                                        self._consts["std"])
+        self.self_check_result = f"{'passed' if ok else 'failed'}: {what}"
+        if ok:
+            return batch
+        print(f"warning: the Triton photometric stage disagrees with the torch stage on its "
+              f"first batch: {what}; switching to the batched torch stage for this batch and "
+              "the rest (slower)", file=sys.stderr)
+        self.stage, self.apply = "torch", compiled_apply(self.compile)
+        return Batch(views, batch.params, batch.labels, batch.index, raws)
+
+    def torch_view(self, crop: torch.Tensor, p: dict[str, torch.Tensor], vr, apply):
+        """One view by the torch stage: uint8 (B, S, S, 3) crops and its drawn
+        parameters (field -> (B, width)) -> (normalised (B, 3, S, S) view in
+        self.dtype, channels_last; uint8 (B, S, S, 3) on the host or None)."""
+        c = self._consts
+        x = crop.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        x = apply(x, p, vr)
+        raw = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu() if self.keep_raw \
+            else None
+        x = ((x - c["mean"]) / c["std"]).to(self.dtype).contiguous(
+            memory_format=torch.channels_last)
+        return x, raw
 
     def _to_device(self, host: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(host)
@@ -173,12 +214,9 @@ class Finisher:
                                              crop.numpy())
             else:  # the torch stage, on the device
                 p = sample_rest(vr, self.seed, epoch, index, v)
-                x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-                x = self.apply(x, p, vr)
+                x, r = self.torch_view(crop, p, vr, self.apply)
                 if self.keep_raw:
-                    raw.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-                x = ((x - c["mean"]) / c["std"]).to(self.dtype).contiguous(
-                    memory_format=torch.channels_last)
+                    raw.append(r)
             if self.stage in ("done", "numba"):  # final uint8 views
                 if self.keep_raw:
                     raw.append(crop.cpu().clone())

@@ -48,6 +48,8 @@ class LoaderConfig:
     stage: str = "auto"        # last stage of dali/ffcv (pipelines/batch.py): auto = numba on
                                # a CPU device, one Triton launch per view on a GPU; "torch"
                                # = the batched torch stage
+    triton_check: bool = True  # the Triton stage's first batch checked against the torch
+                               # stage; a disagreement switches to it (triton_check.py)
     on_damaged: str = "skip"   # a sample failing its checksum: "skip" (its slot repeats a
                                # good sample; counted, named on stderr) or "stop" (raise)
 
@@ -127,11 +129,12 @@ def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
         from pipelines.loader_dali import DaliLoader
         return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,
                           device=device, compile=cfg.compile, stage=cfg.stage,
-                          prefetch=cfg.prefetch, **common)
+                          prefetch=cfg.prefetch, triton_check=cfg.triton_check, **common)
     if backend == "ffcv":
         from pipelines.loader_ffcv import FfcvLoader
         return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device,
-                          compile=cfg.compile, stage=cfg.stage, **common)
+                          compile=cfg.compile, stage=cfg.stage,
+                          triton_check=cfg.triton_check, **common)
     if cfg.stage != "auto":
         raise ValueError("the torchvision backend renders views in its workers; "
                          f"stage={cfg.stage!r} applies to dali and ffcv only")

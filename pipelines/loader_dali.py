@@ -197,7 +197,7 @@ class DaliLoader(EpochLoader):
                  drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
                  threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
                  compile: bool = False, stage: str = "auto", prefetch: int = 1,
-                 on_damaged: str = "skip"):
+                 on_damaged: str = "skip", triton_check: bool = True):
         if gpu and not torch.cuda.is_available():
             raise RuntimeError("dali-gpu needs a CUDA device; use dali-cpu on this machine")
         records = Records(data_dir)
@@ -208,7 +208,8 @@ class DaliLoader(EpochLoader):
         if gpu and self.device.type != "cuda":
             raise ValueError(f"dali-gpu delivers on a CUDA device, not {self.device}")
         self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw,
-                               default_stage(self.device) if stage == "auto" else stage, compile)
+                               default_stage(self.device) if stage == "auto" else stage, compile,
+                               triton_check)
         self.feeder = _Feeder(records, self.plan, recipe.views, seed)
         device_id = (self.device.index if self.device.index is not None
                      else torch.cuda.current_device()) if gpu else None

@@ -281,7 +281,8 @@ class FfcvLoader(EpochLoader):
     def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
                  device="cpu", dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False, stage: str = "auto", on_damaged: str = "skip"):
+                 compile: bool = False, stage: str = "auto", on_damaged: str = "skip",
+                 triton_check: bool = True):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
 
@@ -309,7 +310,8 @@ class FfcvLoader(EpochLoader):
         self.device = torch.device(device)
         if stage == "auto":
             stage = "done" if self.render_here else default_stage(self.device)
-        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage, compile)
+        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage, compile,
+                               triton_check)
 
     def _replace_damaged(self, bad, crops, boxes, rest, labels, index) -> None:
         """Damaged samples (never decoded) take a repeat of the batch's first good

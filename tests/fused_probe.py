@@ -120,7 +120,89 @@ def loader(data: str, device: str = "cpu") -> dict:
             "channels_last": bool(a.views[0].is_contiguous(memory_format=torch.channels_last))}
 
 
+def self_check(device: str = "cpu", batch: int = 4, size: int = 16) -> dict:
+    """The Triton stage's self-check on first use (pipelines/triton_check.py), for
+    a healthy kernel and for faults injected after it (photometric_triton.render
+    wrapped): per case, the recorded outcome, the lines on stderr, the stage after
+    two batches, which batches the kernel rendered, and how the first batch handed
+    over compares with the torch stage's (largest difference in 8-bit levels;
+    whether views, parameters, labels and indices are equal)."""
+    import contextlib
+    import io
+
+    from pipelines import photometric_triton, triton_check
+    from pipelines.batch import Finisher
+    from pipelines.params import DRAWN_AT, WIDTH
+    from pipelines.recipe import preset
+
+    recipe = preset("augself", size)
+    std = recipe.std
+    crops = [torch.from_numpy(noise_and_ramps(batch, size, seed=v)).to(device) for v in range(2)]
+    crop = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (batch, 2, 1))
+    labels, index = np.arange(batch, dtype=np.int64) % 3, np.arange(batch, dtype=np.int64)
+    real = photometric_triton.render
+
+    def shift_one(y, v, raw):  # a kernel made to shift one value of view 1 by 3 levels
+        if v == 1:
+            y[0, 1, 5, 7] += 3 / (255 * std[1])
+    def nudge_one(y, v, raw):  # one value 1 level off: roundoff's worst, tolerated
+        if v == 1:
+            y[0, 1, 5, 7] += 1 / (255 * std[1])
+    def nudge_many(y, v, raw):  # 1 level on 32 of 3,072 values (1.04% > 0.5%) of view 0
+        if v == 0:
+            y[0, 0, :2, :] += 1 / (255 * std[0])
+    def shift_raw(y, v, raw):  # the kept uint8 view alone: 3 levels on one value
+        if v == 0 and raw is not None:
+            raw[1, 4, 4, 2] = (int(raw[1, 4, 4, 2]) + 3) % 256
+
+    def case(fault=None, check=True, keep_raw=False, dtype=torch.float32) -> dict:
+        rendered = []  # (finisher call, view) of every Triton launch
+
+        def render(crops_v, params, col, *a, **kw):
+            v = (col - DRAWN_AT) // WIDTH
+            rendered.append([len(outcomes), v])
+            y, raw = real(crops_v, params, col, *a, **kw)
+            if fault is not None:
+                fault(y, v, raw)
+            return y, raw
+
+        fused = Finisher(recipe, 0, torch.device(device), dtype, keep_raw, "triton",
+                         self_check=check)
+        plain = Finisher(recipe, 0, torch.device(device), dtype, keep_raw, "torch")
+        outcomes, err = [], io.StringIO()
+        photometric_triton.render = render
+        try:
+            with contextlib.redirect_stderr(err):
+                for epoch in (0, 1):
+                    outcomes.append(fused([c.clone() for c in crops], crop, labels, index,
+                                          epoch))
+        finally:
+            photometric_triton.render = real
+        a, b = outcomes[0], plain([c.clone() for c in crops], crop, labels, index, 0)
+        mean_t, std_t = fused._consts["mean"], fused._consts["std"]
+        off = max(triton_check.disagreement(triton_check.levels(x, mean_t, std_t),
+                                            triton_check.levels(y, mean_t, std_t))[0]
+                  for x, y in zip(a.views, b.views))
+        if keep_raw:
+            off = max(off, *(triton_check.disagreement(x, y)[0] for x, y in zip(a.raw, b.raw)))
+        return {"result": fused.self_check_result, "stage": fused.stage,
+                "stderr": err.getvalue().splitlines(), "rendered": rendered,
+                "levels_off_torch": off,
+                "equals_torch": all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+                and all(torch.equal(a.params[k], b.params[k]) for k in b.params)
+                and torch.equal(a.labels, b.labels) and torch.equal(a.index, b.index)
+                and (not keep_raw or all(torch.equal(x, y) for x, y in zip(a.raw, b.raw)))}
+
+    out = {"healthy": case(keep_raw=True), "shift_one": case(shift_one),
+           "nudge_one": case(nudge_one), "nudge_many": case(nudge_many),
+           "shift_raw": case(shift_raw, keep_raw=True), "off": case(shift_one, check=False)}
+    if device == "cuda":  # the training dtype: bf16's coarser steps must pass too
+        out["healthy_bf16"] = case(dtype=torch.bfloat16)
+    return out
+
+
 if __name__ == "__main__":
     what = sys.argv[1]
-    out = {"kernel": kernel, "ops": ops}[what]() if what != "loader" else loader(sys.argv[2])
+    out = {"kernel": kernel, "ops": ops, "self_check": self_check}[what]() \
+        if what != "loader" else loader(sys.argv[2])
     print(json.dumps(out))

@@ -96,5 +96,36 @@ def test_a_triton_stage_that_fails_falls_back_to_torch_loudly(capsys):
         b = plain([c.clone() for c in crops], crop, labels, index, epoch)
         assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
         assert all(torch.equal(a.params[k], b.params[k]) for k in b.params)
-    assert fused.stage == "torch"
+    assert fused.stage == "torch" and fused.self_check_result.startswith("failed: raised")
     assert capsys.readouterr().err.count("falling back to the batched torch stage") == 1
+
+
+def test_triton_stage_checks_its_first_batch_against_the_torch_stage():
+    """Self-check on first use (pipelines/triton_check.py): a healthy kernel passes
+    and keeps rendering; a fault injected after the kernel (one value 3 levels off;
+    1 level on 1% of values; 3 levels on one kept uint8 value) fails the check with
+    one line on stderr naming the view, the loader switches to the torch stage and
+    the first batch handed over is the torch stage's; one value 1 level off is
+    roundoff's worst and passes; with the check off the faulty batch goes through."""
+    for m in _runs("self_check"):
+        both = [[0, 0], [0, 1], [1, 0], [1, 1]]  # (batch, view) rendered by the kernel
+        for name in ("healthy", "nudge_one") + (("healthy_bf16",) if "healthy_bf16" in m
+                                                 else ()):
+            c = m[name]
+            assert c["result"].startswith("passed: view 0:"), (name, c)
+            assert c["stage"] == "triton" and c["rendered"] == both and c["stderr"] == [], c
+            assert c["levels_off_torch"] <= 1, (name, c)
+        assert "raw view 1:" in m["healthy"]["result"], m["healthy"]  # raw compared too
+        for name, view in (("shift_one", "view 1:"), ("nudge_many", "view 0:"),
+                           ("shift_raw", "raw view 0:")):
+            c = m[name]
+            assert c["result"].startswith(f"failed: {view}"), (name, c)
+            assert len(c["stderr"]) == 1 and "disagrees with the torch stage" in \
+                c["stderr"][0] and view in c["stderr"][0], (name, c)
+            assert c["stage"] == "torch" and c["rendered"] == both[:2], (name, c)
+            assert c["equals_torch"] and c["levels_off_torch"] == 0, (name, c)
+        assert "largest 3 levels" in m["shift_one"]["result"], m["shift_one"]
+        assert "largest 1 level " in m["nudge_many"]["result"], m["nudge_many"]  # the share
+        c = m["off"]
+        assert c["result"] == "off" and c["stage"] == "triton" and c["stderr"] == [], c
+        assert c["rendered"] == both and c["levels_off_torch"] == 3, c  # unchecked

@@ -183,6 +183,9 @@ class Config:
     compile: bool = opt(False, "torch.compile the whole objective (backbone, method heads, "
                         "AugSelf/EquiMod, probe)")
     device: str = opt("auto", "auto: cuda when available (cuda:LOCAL_RANK under torchrun)")
+    triton_check: bool = opt(True, "on a GPU, render the Triton stage's first batch again with "
+                             "the torch stage and switch to the torch stage if they disagree "
+                             "(once per loader; --no-triton-check skips it)")
     seed: int = opt(0, "seed for initialisation, data order and augmentations",
                     range=SEED)
     log_every: int = opt(20, "steps between logged lines in metrics.jsonl",

@@ -224,7 +224,8 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
         jitter=parse_jitter(cfg.jitter) if cfg.jitter else None, recipe=cfg.recipe,
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
-        device=str(sysm.device), on_damaged=cfg.on_damaged), dtype=sysm.dtype)
+        device=str(sysm.device), on_damaged=cfg.on_damaged, triton_check=cfg.triton_check),
+        dtype=sysm.dtype)
     objective = build_objective(cfg, loader.recipe, classes)
     model, objective = systems.prepare(objective, cfg, sysm, env)
     spe = len(loader)
