@@ -93,6 +93,19 @@ def backends_here() -> list[str]:
     return out + ["torchvision"]
 
 
+# What each backend needs: its cases are always collected and skipped, counted, where
+# the need is missing (pytest_runtest_setup), never silently left out.
+NEEDS = {"dali-gpu": ("gpu", "dali"), "dali-cpu": ("dali",), "ffcv": ("ffcv",),
+         "torchvision": ()}
+
+
+def every_backend(*, dali_only: bool = False, without: tuple[str, ...] = ()) -> list:
+    """Every backend as a parametrize value, marked with what it needs: a CPU
+    machine reports the dali-gpu cases as skipped ("no CUDA device")."""
+    names = [b for b in NEEDS if b not in without and (not dali_only or b.startswith("dali"))]
+    return [pytest.param(b, marks=[getattr(pytest.mark, m) for m in NEEDS[b]]) for b in names]
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """256 synthetic 40x40 images, records only: cheap to decode, for trainer tests."""

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import backends_here
+from conftest import every_backend
 
 from pipelines.build import LoaderConfig, build_loader
 from pipelines.checks import DamagedSample
@@ -56,7 +56,7 @@ def epoch(data, backend, on_damaged="skip"):
     return loader, [(b.index.clone(), [v.clone() for v in b.raw]) for b in loader]
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 def test_damaged_sample_is_skipped_or_stops(converted, backend, capfd):
     _, clean = epoch(converted, backend)
     by_index = {int(i): [v[j] for v in views] for idx, views in clean for j, i in enumerate(idx)}

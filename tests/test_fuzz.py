@@ -9,7 +9,7 @@ import random
 import shutil
 
 import pytest
-from conftest import backends_here
+from conftest import every_backend
 
 from pipelines.build import LoaderConfig, build_loader
 from pipelines.records import Records, open_rgb
@@ -62,7 +62,7 @@ def one_epoch(data, backend):
     return [(b.index.clone(), [v.clone() for v in b.raw]) for b in loader]
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 def test_readers_refuse_or_skip_but_never_pass_damage(clean, backend, tmp_path):
     want = {int(i): [v[j] for v in views]
             for idx, views in one_epoch(clean / "c", backend) for j, i in enumerate(idx)}

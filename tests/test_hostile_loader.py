@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import backends_here
+from conftest import every_backend
 
 from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader
@@ -49,7 +49,7 @@ def _pre_checksums(src, dst):
     return m
 
 
-@pytest.mark.parametrize("backend", [b for b in backends_here() if b != "ffcv"])
+@pytest.mark.parametrize("backend", every_backend(without=("ffcv",)))
 def test_a_zeroed_image_without_checksums_is_skipped_not_decoded(tiny_dataset, tmp_path,
                                                                   capsys, backend):
     """A dataset converted before per-sample checksums (tool < 1.3) with one image

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from agreement import noise_and_ramps, psnr, reference_view, sources, view_psnrs
-from conftest import backends_here
+from conftest import every_backend
 
 from pipelines import photometric, reference, sampling
 from pipelines.build import LoaderConfig, build_loader
@@ -36,7 +36,7 @@ def _loader(data, backend, name, size=48, batch=16, seed=0, **kw):
     return build_loader(cfg)
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_views_match_reference(small_dataset, backend, name):
     loader = _loader(small_dataset, backend, name)
@@ -65,7 +65,7 @@ def _shifted(crop, dy, dx, h, w):
     return c
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 def test_emitted_box_is_the_one_applied(small_dataset, backend):
     """Geometry only: the emitted box beats the same box moved by 2 px."""
     loader = _loader(small_dataset, backend, "augself", batch=32)

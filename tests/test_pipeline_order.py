@@ -10,7 +10,7 @@ Tensors are compared on the CPU whatever device the loaders deliver on.
 import numpy as np
 import pytest
 import torch
-from conftest import HAVE_DALI, backends_here
+from conftest import HAVE_DALI, backends_here, every_backend
 
 from pipelines import sampling
 from pipelines.build import LoaderConfig, build_loader
@@ -81,7 +81,7 @@ def test_batched_crop_boxes_equal_per_sample_crop_box(name):
 
 
 @pytest.mark.dali
-@pytest.mark.parametrize("backend", dali_backends)
+@pytest.mark.parametrize("backend", every_backend(dali_only=True))
 def test_dali_pipeline_built_once_and_resumes_mid_epoch(small_dataset, backend, monkeypatch):
     """Three epochs from one pipeline; an epoch abandoned after one batch, then a
     restart at (epoch 1, batch 2), yields what the uninterrupted epoch yielded."""
@@ -131,7 +131,7 @@ def test_interleaved_dali_loaders_run_to_the_end(small_dataset):
 
 
 @pytest.mark.dali
-@pytest.mark.parametrize("backend", dali_backends)
+@pytest.mark.parametrize("backend", every_backend(dali_only=True))
 def test_dali_outputs_reach_torch_with_their_dtype(backend):
     """to_torch keeps dtype and values: uint8, float32 and int64 outputs of a DALI
     graph (on the GPU for dali-gpu) against the arrays that went in."""
@@ -194,7 +194,7 @@ def test_records_without_sizes_read_them_from_headers(small_dataset, tmp_path):
 
 
 @pytest.mark.dali
-@pytest.mark.parametrize("backend", dali_backends)
+@pytest.mark.parametrize("backend", every_backend(dali_only=True))
 def test_prefetching_changes_no_batch(small_dataset, backend):
     """Batches finished ahead (prefetch 2; on a GPU on the side stream) equal those
     finished on demand: indices, parameters and raw views, over two epochs and an

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import backends_here
+from conftest import every_backend
 from scipy import stats
 from torchvision.transforms import v2
 
@@ -98,7 +98,7 @@ def _cfg(data, backend, **kw):
     return LoaderConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 def test_loader_crops_follow_torchvision_and_differ_across_views_and_epochs(small_dataset,
                                                                            backend):
     loader = build_loader(_cfg(small_dataset, backend))
@@ -126,7 +126,7 @@ def test_loader_crops_follow_torchvision_and_differ_across_views_and_epochs(smal
     assert stats.ks_2samp(r1, r2).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 def test_same_seed_same_output_other_seed_differs(small_dataset, backend):
     runs = []
     for seed in (3, 3, 4):
@@ -138,7 +138,7 @@ def test_same_seed_same_output_other_seed_differs(small_dataset, backend):
     assert not torch.equal(p1["crop"], p3["crop"]) and not torch.equal(x1, x3)
 
 
-@pytest.mark.parametrize("backend", backends_here())
+@pytest.mark.parametrize("backend", every_backend())
 def test_two_shards_cover_every_index_once(small_dataset, backend):
     seen = []
     for rank in (0, 1):
