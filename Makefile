@@ -67,6 +67,7 @@ bench: setup
 	$(PY) -m benchmarks.heads --method simsiam --backbone small --size 32 --batch 256 \
 		--proj 512 --steps 10 --warmup 3 --repeats 5
 	$(PY) -m benchmarks.e2e --quick
+	$(PY) -m benchmarks.feeder
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,10 +4,10 @@
 One order and one RNG (DESIGN.md): DALI reads nothing on its own. An
 ``fn.external_source`` callback (``_Feeder``) hands the graph, batch by batch,
 the encoded bytes of exactly the samples ``EpochPlan`` gives this rank, in that
-order (views of the shards' memory maps, through their index files: no copy,
-DALI's threads touch the pages), and each view's crop box as the resize's region
-of interest. The boxes are ``sampling.crop_boxes`` on the image size stored in
-the record's meta: the counter RNG's (seed, epoch, index, view) draws that every
+order (views of the shards' memory maps, through their index files: no copy),
+and each view's crop box as the resize's region of interest. The boxes are
+``sampling.crop_boxes`` on the image size stored in the record's meta: the
+counter RNG's (seed, epoch, index, view) draws that every
 backend makes, so dali-gpu, dali-cpu, ffcv and torchvision emit the same samples
 with the same parameters, and W ranks see what one process sees. The graph
 decodes each image once and resizes V regions of it (antialiased linear, as
@@ -22,6 +22,10 @@ epoch boundary. A ticket per scheduled batch (which samples, their labels and
 boxes) waits in a FIFO next to DALI's own queue; ``__iter__`` checks that the
 front ticket is the batch it wants, and otherwise (a resumed run, an abandoned
 epoch) points the feeder at the wanted batch and drains the stale ones.
+DALI calls the feeder in the thread that calls ``pipe.run()`` (the training
+loop), so the feeder's work for a batch (the CRC-32 of every sample, which
+reads its pages, and the crop boxes) is done ahead on read-ahead threads
+(pipelines/readahead.py): the callback only collects it.
 Outputs are copied into torch before the next ``run``. On a GPU the copy and the
 last stage (pipelines/batch.py: one Triton launch per view) run on a side stream,
 one batch ahead (``prefetch``) of the batch handed to the training loop, which
@@ -31,6 +35,7 @@ has passed.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -41,10 +46,18 @@ from pipelines.batch import Batch, Finisher, default_stage
 from pipelines.checks import DamagedSample, DamageLog, substitute
 from pipelines.cli import one_line
 from pipelines.epochs import EpochLoader, EpochPlan
+from pipelines.readahead import ReadAhead
 from pipelines.records import Records
 from pipelines.sampling import crop_boxes, crop_fields
 
 PREFETCH = 2  # batches DALI works on ahead of the one being consumed
+# The feeder's read-ahead (pipelines/readahead.py): batches prepared ahead of the one
+# DALI asks for, and threads preparing them. One batch is ~8-10 ms of one core for 256
+# ImageNet-size JPEGs from the page cache (RESULTS.md), so one thread keeps up with
+# ~100 batches/s; the second overlaps reads when the pages come from disk. 0 prepares
+# in the calling thread (the synchronous feeder: tests' and the benchmark's reference).
+READ_AHEAD = 3
+READ_THREADS = 2
 
 
 # What the feeder hands the graph, one place for both sides: the encoded images,
@@ -85,27 +98,42 @@ class _Ticket:
 class _Feeder:
     """The external source's callback: each call returns the next batch of the
     stream (epoch, batch) -> (epoch, batch + 1) -> ... -> (epoch + 1, 0) as
-    (encoded images, roi_start and roi_end per view), and queues its ticket."""
+    (encoded images, roi_start and roi_end per view), and queues its ticket.
+    The batches are prepared by ``ahead`` (READ_AHEAD of them, on READ_THREADS
+    threads): ``prepare`` runs there, so it only reads what nothing else writes
+    (the records, the plan, the per-epoch orders under a lock)."""
 
     def __init__(self, records: Records, plan: EpochPlan, views, seed: int):
         self.records, self.plan, self.views, self.seed = records, plan, views, seed
-        self.table = records.table()
+        self.table = records.table()  # maps every shard with a sample: no thread opens one
         self.tickets: deque[_Ticket] = deque()
-        self.at = (0, 0)
         self._orders: dict[int, np.ndarray] = {}
+        self._orders_lock = threading.Lock()
+        self.ahead = ReadAhead(self.prepare, self.after, (0, 0), READ_AHEAD, READ_THREADS)
 
     def order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) > 1:  # the stream only ever needs two epochs at once
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = np.asarray(self.plan.order(epoch), dtype=np.int64)
-        return self._orders[epoch]
+        with self._orders_lock:
+            if epoch not in self._orders:
+                if len(self._orders) > 1:  # the stream only ever needs two epochs at once
+                    self._orders.pop(min(self._orders))
+                self._orders[epoch] = np.asarray(self.plan.order(epoch), dtype=np.int64)
+            return self._orders[epoch]
+
+    def after(self, at: tuple[int, int]) -> tuple[int, int]:
+        epoch, b = at
+        return (epoch, b + 1) if b + 1 < self.plan.num_batches else (epoch + 1, 0)
 
     def seek(self, epoch: int, batch: int) -> None:
-        self.at = (epoch, batch)
+        self.ahead.seek((epoch, batch))
 
     def __call__(self):
-        epoch, b = self.at
+        t = self.ahead.take()  # raises here what preparing it raised
+        self.tickets.append(t)
+        return t.inputs
+
+    def prepare(self, at: tuple[int, int]) -> _Ticket:
+        """Batch ``at``'s ticket, with DALI's inputs (on a read-ahead thread)."""
+        epoch, b = at
         B = self.plan.batch_size
         ids = self.order(epoch)[b * B:(b + 1) * B]
         # A damaged sample never reaches the decoder: its slot gets a repeat of a
@@ -124,10 +152,7 @@ class _Feeder:
         boxes = crop_boxes(heights, widths, self.views, self.seed, epoch, index)
         inputs = feed(encoded, boxes)
         crop = crop_fields(boxes, heights, widths)
-        self.tickets.append(_Ticket(epoch, b, labels.copy(), index.copy(), crop, inputs,
-                                    problems, fatal))
-        self.at = (epoch, b + 1) if b + 1 < self.plan.num_batches else (epoch + 1, 0)
-        return inputs
+        return _Ticket(epoch, b, labels.copy(), index.copy(), crop, inputs, problems, fatal)
 
 
 def _placeholder_jpeg() -> np.ndarray:
