@@ -10,7 +10,7 @@ import torch
 
 from pipelines.params import identity
 from trainer import condproj
-from trainer.methods import BYOL, Heads, SimSiam, Supervised
+from trainer.methods import BYOL, Heads, MoCo, SimSiam, Supervised
 from trainer.models import SmallResNet
 
 
@@ -60,10 +60,40 @@ def test_target_projector_is_a_conditioned_copy_moved_by_momentum():
     before = target.detach().clone()
     m.after_step(0.5)
     moved = target - before
-    assert moved.abs().min() > 0 and (moved < 1.0).all()  # toward online, not onto it
+    # target <- m target + (1 - m) online, online = target + 1: every weight moves by
+    # exactly 1 - m, with BYOL's m at half of training 1 - (1 - 0.996)(cos(pi/2) + 1)/2
+    # = 0.998 (a swapped EMA, the target moved 0.998 towards online, moves 0.998)
+    torch.testing.assert_close(moved, torch.full_like(moved, 0.002), rtol=0, atol=1e-6)
     batch = _batch()
     m.train()
     assert torch.isfinite(m(batch)["loss"])
+
+
+@pytest.mark.parametrize("cls,progress,m", [(BYOL, 0.0, 0.996), (BYOL, 0.5, 0.998),
+                                             (BYOL, 1.0, 1.0), (BYOL, 0.25, None),
+                                             (MoCo, 0.0, 0.999), (MoCo, 0.7, 0.999)])
+def test_momentum_encoders_follow_their_papers_schedule(cls, progress, m):
+    """BYOL (Grill et al. 2020, sec. 3.2): tau = 1 - (1 - 0.996)(cos(pi k/K) + 1)/2,
+    from 0.996 to 1; MoCo (He et al. 2020, eq. 2): a constant 0.999. Every target
+    weight (backbone and projector) moves by exactly (1 - tau)(online - target)."""
+    import math
+
+    if m is None:
+        m = 1 - 0.004 * (math.cos(math.pi * progress) + 1) / 2
+    meth = _method(cls)
+    pairs = [(meth.backbone, meth.target_backbone), (meth.projector, meth.target_projector)]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for online, _ in pairs:
+            for p in online.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+    before = [(list(o.parameters()), [t.detach().clone() for t in tg.parameters()])
+              for o, tg in pairs]
+    meth.after_step(progress)
+    for (_, target), (o_params, t_before) in zip(pairs, before):
+        for po, pt, t0 in zip(o_params, target.parameters(), t_before):
+            want = t0 + (1 - m) * (po.detach() - t0)
+            torch.testing.assert_close(pt.detach(), want, rtol=1e-6, atol=1e-6)
 
 
 def test_methods_without_a_projector_are_refused():
