@@ -7,11 +7,11 @@ Without a GPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, on
 CPU tensors), which must be set before Triton is imported: those cases run
 tests/fused_probe.py in a subprocess. Where CUDA exists they also run compiled,
 in-process, on the GPU. Bounds, as for photometric_cpu's kernel: at most 1
-level off on the uint8 view and on under 0.5% of values (float32 roundoff moves a
-value within ~1e-6 of a rounding boundary; the raw view rounds half up where
-torch rounds half to even), and the float view within 0.01 of a level of the
-reference before rounding (measured in the interpreter: 1 level on 0.001% of
-values, 3.5e-4 of a level).
+level off on the uint8 view and on at most KERNEL_MAX_SHARE of values (float32
+roundoff moves a value within ~1e-6 of a rounding boundary; the raw view rounds
+half up where torch rounds half to even), and the float view within 0.01 of a
+level of the reference before rounding (measured in the interpreter, seeds 0-5:
+at most 3.7e-4 of a level).
 """
 
 import json
@@ -29,6 +29,18 @@ pytest.importorskip("triton")
 # a batch of two views. On the CPU the two host-to-device copies are absent; on a
 # GPU they add 2 x (pin_memory, to): the GPU run of the same test counts them.
 MAX_OPS = 40
+
+# Share of the kernel probe's 98,304 uint8 values (32 views x 32 x 32 x 3) that may
+# be 1 level off the reference ops. Measured 2026-11-30 in the interpreter (AMD
+# EPYC, triton 3.8.0) on the probe's inputs with noise_and_ramps and sample_rest
+# seeds 0-5: 2, 0, 5, 0, 0, 3 values, at most 5 (5.1e-5; seed 0, the one tested, is
+# 2). Bound: 5x the largest, 2.5e-4 (24 values). The compiled GPU run is not
+# measured here (no GPU); its roundoff (approximate exp and division, ~2 ulp) is of
+# the same order, so the same bound holds it: a GPU run above it should measure and
+# state its own. A kernel 1 level off on 1 value in 200 (491 values) fails. The
+# loader's self-check tolerates more (pipelines/triton_check.py MAX_SHARE, 5e-3):
+# it runs in production, on any GPU, and only has to catch a broken kernel.
+KERNEL_MAX_SHARE = 2.5e-4
 
 
 def _interpreted(what: str, *args) -> dict:
@@ -52,7 +64,7 @@ def _runs(what: str, *args):
 def test_triton_stage_equals_reference_ops():
     for m in _runs("kernel"):
         assert all(v >= 5 for v in m["fired"].values()), m["fired"]  # every op under test
-        assert m["max_levels"] <= 1 and m["share_off"] < 5e-3, m
+        assert m["max_levels"] <= 1 and m["share_off"] <= KERNEL_MAX_SHARE, m
         assert m["max_float_levels"] < 0.01, m
 
 
@@ -66,8 +78,13 @@ def test_triton_stage_is_a_few_ops_per_batch():
 def test_loader_with_triton_stage_matches_reference_and_numba_params(small_dataset):
     """dali-cpu through the Triton stage: the numba stage's parameters bit for bit,
     views within dali-cpu's PSNR bounds (test_pipeline_agreement: min 42, median
-    50 dB) of the reference re-render, channels_last."""
+    50 dB) of the reference re-render, channels_last. Rendered by the Triton stage
+    itself: a first batch that raised, or failed the self-check, is the torch
+    stage's (pipelines/batch.py Finisher), which meets the same bounds, so the
+    stage left after the batch and the self-check's outcome are asserted too."""
     for m in _runs("loader", str(small_dataset)):
+        assert m["stage"] == "triton", m
+        assert str(m["self_check"]).startswith("passed: view 0:"), m
         assert m["params_equal"] and m["channels_last"], m
         assert m["psnr_min"] >= 42 and m["psnr_median"] >= 50, m
 

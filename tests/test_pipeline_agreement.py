@@ -4,12 +4,12 @@ stated tolerance, for every preset.
 Tolerances: PSNR against the reference, 8-bit (min, 5th percentile, median of a
 batch), pipelines/parity.py BOUNDS with how each was measured; torchvision is exact,
 dali-cpu differs by DALI's own antialiased resize, ffcv by OpenCV's box filter. That
-the *box* is exact despite the filter is checked separately: the emitted box matches
-better than the box moved by 2 pixels.
+the *box* is exact despite the filter is checked separately: with the colour ops
+off, the emitted box matches better than the box moved by 1 pixel.
 Colour, grayscale, blur and solarize: on a GPU they run batched in torch
 (pipelines/photometric.py), which matches the torchvision reference to < 0.01 of
 an 8-bit level (test below); on a CPU device dali-cpu and ffcv run the numba
-kernel (pipelines/photometric_cpu.py), at most 1 level off on 0.0015% of values
+kernel (pipelines/photometric_cpu.py), at most 1 level off on ~0.002% of values
 (test below). DALI's own colour operators are not used (YIQ hue).
 """
 
@@ -23,7 +23,7 @@ from conftest import every_backend
 
 from pipelines import photometric, reference, sampling
 from pipelines.build import LoaderConfig, build_loader
-from pipelines.params import check, view
+from pipelines.params import check, identity, view
 from pipelines.parity import BOUNDS
 from pipelines.recipe import PRESETS, preset
 
@@ -65,18 +65,38 @@ def _shifted(crop, dy, dx, h, w):
     return c
 
 
+# Geometry only (crop, resize, flip): every colour op off, as a recipe spec
+# (pipelines/recipe.from_spec) the loader is built from, so every stage of every
+# backend (DALI's graph and Finisher, FFCV's op, torchvision's workers) sees it.
+GEOMETRY_ONLY = {"all": {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}}
+
+# dB by which the emitted box must beat every box moved by 1 px. Measured 2026-11-30
+# (augself at 48 px, batch 32 of small_dataset, seed 0; 241 comparisons): smallest
+# lead ffcv 7.4 dB (OpenCV's box filter), dali-cpu 17.1 dB, torchvision exact (inf);
+# dali-gpu not measured (no GPU here; the same DALI resize). Bound: under half of
+# the smallest. A box applied half a pixel off the emitted one ties with the box
+# moved 1 px towards it: DALI's region of interest moved by 0.5 px measured a
+# smallest lead of -4.4 dB, by 0.25 px 2.9 dB (the old test, 2 px moves and 97% of
+# them won, passed the 0.5 px one).
+BOX_LEAD_DB = 3.0
+
+
 @pytest.mark.parametrize("backend", every_backend())
 def test_emitted_box_is_the_one_applied(small_dataset, backend):
-    """Geometry only: the emitted box beats the same box moved by 2 px."""
-    loader = _loader(small_dataset, backend, "augself", batch=32)
-    loader.recipe = dataclasses.replace(loader.recipe, views=tuple(
-        dataclasses.replace(v, jitter_p=0, gray_p=0, blur_p=0) for v in loader.recipe.views))
-    if hasattr(loader, "dataset"):
-        loader.dataset.recipe = loader.recipe
+    """Geometry only: the emitted box beats the same box moved by 1 px, in every
+    direction, on every view, by BOX_LEAD_DB. The views and the reference
+    re-render are compared like with like: no colour op was drawn (asserted), so
+    what differs is the box alone."""
+    loader = _loader(small_dataset, backend, "augself", batch=32, recipe=GEOMETRY_ONLY)
+    assert all(v.jitter_p == v.gray_p == v.blur_p == v.solarize_p == 0
+               for v in loader.recipe.views)
     batch = next(iter(loader))
     srcs = sources(small_dataset)
     params = {k: t.cpu() for k, t in batch.params.items()}  # the reference runs on the CPU
-    wins = total = 0
+    untouched = identity(len(batch), loader.recipe.num_views)
+    for k in ("color", "gray", "blur", "solarize"):  # no colour op on any view
+        assert torch.equal(params[k], untouched[k]), (k, params[k])
+    leads = []
     for b, idx in enumerate(batch.index.tolist()):
         src = srcs[idx]
         H, W = src.shape[:2]
@@ -85,12 +105,12 @@ def test_emitted_box_is_the_one_applied(small_dataset, backend):
             got = batch.raw[v][b].numpy()
             good = psnr(got, reference.render(src, p, vr))
             top, left, h, w = reference.box_pixels(p["crop"], H, W)
-            for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2)):
+            for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
                 if 0 <= top + dy and top + dy + h <= H and 0 <= left + dx and left + dx + w <= W:
                     q = dict(p, crop=_shifted(p["crop"], dy, dx, H, W))
-                    total += 1
-                    wins += good > psnr(got, reference.render(src, q, vr))
-    assert total > 50 and wins / total >= 0.97, (wins, total)
+                    leads.append(good - psnr(got, reference.render(src, q, vr)))
+    # 241 boxes moved 1 px stay inside their source (measured)
+    assert len(leads) > 200 and min(leads) >= BOX_LEAD_DB, (len(leads), min(leads))
 
 
 def test_batched_photometric_equals_reference_ops():
@@ -105,13 +125,23 @@ def test_batched_photometric_equals_reference_ops():
         assert (z - y[i]).abs().max() * 255 < 0.01
 
 
+# Values (of 96 views x 40 x 40 x 3 = 460,800) the CPU kernel may have 1 level off
+# the reference ops. Measured 2026-11-30 (AMD EPYC with AVX-512, numba 0.68.1) on
+# this test's inputs with noise_and_ramps and sample_rest seeds 0-5: 8, 5, 8, 7, 5,
+# 3 values, at most 8 (1.7e-5; seed 0, the one tested, is 8), never 2 levels.
+# Bound: 5x the largest, 40 (8.7e-5), for another CPU's roundoff (fused
+# multiply-adds, vector width reorders the sums). A kernel 1 level off on 1 value
+# in 200 (2,304 values) or even in 10,000 (46) fails.
+CPU_KERNEL_MAX_OFF = 40
+
+
 def test_cpu_kernel_equals_reference_ops():
     """photometric_cpu (the CPU stage of dali-cpu and ffcv) against the reference
-    ops rounded to uint8. Bound: no pixel off by more than 1 level and < 0.5% of
-    values off at all. Why not exact: the kernel sums the mean luma and the blur
-    taps in another order and fuses multiply-adds (float32 roundoff ~1e-6), which
-    moves a value sitting within ~1e-6 of a rounding boundary (k + 0.5)/255 to
-    the next level. Measured: 7 of 460,800 values (0.0015%), never 2 levels."""
+    ops rounded to uint8. Bound: no pixel off by more than 1 level, and at most
+    CPU_KERNEL_MAX_OFF of the 460,800 values off at all. Why not exact: the kernel
+    sums the mean luma and the blur taps in another order and fuses multiply-adds
+    (float32 roundoff ~1e-6), which moves a value sitting within ~1e-6 of a
+    rounding boundary (k + 0.5)/255 to the next level."""
     from pipelines import photometric_cpu
 
     r = dataclasses.replace(preset("byol", 40).views[1], jitter_p=0.9, blur_p=0.6,
@@ -130,7 +160,8 @@ def test_cpu_kernel_equals_reference_ops():
     assert p["gray"].sum() > 10 and (p["blur"] > 0).sum() > 30 and p["solarize"].sum() > 30
     assert (p["color"][:, 3] != 0).sum() > 60 and p["flip"].sum() > 30
     assert all((p["rot"] == k).sum() > 12 for k in range(4))
-    assert diff.max() <= 1 and (diff > 0).mean() < 5e-3, (diff.max(), (diff > 0).mean())
+    off = int((diff > 0).sum())
+    assert diff.max() <= 1 and off <= CPU_KERNEL_MAX_OFF, (diff.max(), off, diff.size)
 
 
 def test_cpu_kernel_in_place_equals_out_of_place():
