@@ -8,9 +8,11 @@ that does not hold on some GPU) raises nothing; without this the loader would
 train silently on wrong views. A disagreement switches the loader to the torch
 stage (pipelines/batch.py), and the first batch handed over is the torch one.
 
-Bound: tests/test_fused_stage.py's, for the same reasons (float32 roundoff near
-a rounding boundary; half up against half to even): at most MAX_LEVELS off, on
-under MAX_SHARE of the values. Compared per view: the normalised views as they
+Bound: the issue's (float32 roundoff near a rounding boundary; half up against
+half to even): at most MAX_LEVELS off, on under MAX_SHARE of the values. Looser
+than the tests' (tests/test_fused_stage.py: under 2.5e-4, 5x the share measured in
+the interpreter), on purpose: another GPU's fused multiply-adds and exp may round
+differently, and a false alarm costs a slower run, not a wrong one. Compared per view: the normalised views as they
 are trained on (de-normalised to levels and rounded; the torch stage's views are
 cast to the same dtype first, so bf16's coarser steps, up to ~0.9 of a level near
 the top of the range, fall the same way on both sides), and the uint8 raw views
@@ -31,7 +33,7 @@ from pipelines import photometric
 from pipelines.params import DRAWN
 
 MAX_LEVELS = 1      # largest difference tolerated, in 8-bit levels
-MAX_SHARE = 5e-3    # share of values that may be off at all (tests: share_off < 5e-3)
+MAX_SHARE = 5e-3    # share of values that may be off at all (the tests: 2.5e-4)
 
 
 def levels(views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
