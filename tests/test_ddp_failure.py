@@ -1,7 +1,9 @@
 """A rank killed under torchrun (CPU, gloo): the job ends (no hang), torchrun
 names the dead rank, the surviving rank says what happened and how to go on,
-and --resume under torchrun ends with the weights of an uninterrupted run."""
+and --resume under torchrun ends with the weights of an uninterrupted run. A
+rank sent SIGTERM: every rank stops after the same (logged) step."""
 
+import json
 import os
 import shutil
 import signal
@@ -101,3 +103,36 @@ def test_killed_rank_ends_the_job_and_resume_matches(small_dataset, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_next_logged_step(small_dataset, tmp_path):
+    """A signal caught by one rank reaches the others without a per-step read of
+    the device: the ranks share it when they read their tally, at the logged steps
+    (--log-every; trainer/step.py). Both stop after the same step, a logged one,
+    where rank 0 writes the checkpoint and says how to go on."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    p = subprocess.Popen(trainrun.torchrun(2, *trainrun.args(
+        small_dataset, run, "--method", "simsiam", "--epochs", "4", "--device", "cpu",
+        "--log-every", "3")), cwd=trainrun.ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run / "metrics.jsonl"
+    while p.poll() is None and not (metrics.is_file() and metrics.read_text().strip()):
+        time.sleep(0.05)
+    ranks = _rank_pids(p.pid)
+    for pid in ranks.values():  # frozen while checked: the signal lands mid-run
+        _signal(pid, signal.SIGSTOP)
+    lines = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+    assert p.poll() is None and len(ranks) == 2, "the run ended before the signal"
+    seen = lines[-1]["step"]
+    total = 4 * round(seen / lines[-1]["epoch"])  # 4 epochs of step / epoch steps
+    assert seen + 3 < total
+    os.kill(ranks[1], signal.SIGTERM)
+    for pid in ranks.values():
+        _signal(pid, signal.SIGCONT)
+    _, err = p.communicate(timeout=300)  # a hang guard, not a timing
+    assert p.returncode != 0
+    at = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert at % 3 == 0 and seen < at < total, (seen, at, total)
+    assert f"stopped by SIGTERM after step {at}; checkpoint written" in err, err[-2000:]
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == at

@@ -28,9 +28,10 @@ def test_dali_gpu_bf16_trains(tiny_dataset, tmp_path):
 def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
     """torch.cuda.set_sync_debug_mode("error") over the dali-gpu device stage (the
     copies out of DALI, the Triton stage, the hand-over to the training stream)
-    and a SimSiam+AugSelf training step: a blocking copy or a device-to-host read
-    added to either fails here. The first batch and step run outside the mode
-    (kernel compilation, lazy optimiser state)."""
+    and a SimSiam+AugSelf training step, with the finiteness check on as in a run
+    (its skip is decided on the device: trainer/step.py): a blocking copy or a
+    device-to-host read added to either fails here. The first batch and step run
+    outside the mode (kernel compilation, lazy optimiser state)."""
     from pipelines.build import LoaderConfig, build_loader
     from trainer import optim, systems
     from trainer.build import build_objective
@@ -46,7 +47,8 @@ def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
     sysm = systems.Systems(torch.device("cuda"), torch.bfloat16, None)
 
     def step(batch):
-        return trainer_run.train_step(objective, objective, opt, sysm, batch, 0, 0.5)
+        return trainer_run.train_step(objective, objective, opt, sysm, batch, 0, 0.5,
+                                      check_finite=True)
 
     loader.set_epoch(0)
     it = iter(loader)

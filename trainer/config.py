@@ -188,15 +188,21 @@ class Config:
                              "(once per loader; --no-triton-check skips it)")
     seed: int = opt(0, "seed for initialisation, data order and augmentations",
                     range=SEED)
-    log_every: int = opt(20, "steps between logged lines in metrics.jsonl",
+    log_every: int = opt(20, "steps between logged lines in metrics.jsonl; the only steps "
+                         "at which the host reads the device's counters: skipped steps are "
+                         "reported, --max-bad-steps checked and, under torchrun, a "
+                         "SIGTERM/SIGINT acted on there (1: every step)",
                          range=STEPS)
     ckpt_every: int = opt(0, "steps between checkpoints (0: at the end of each epoch)",
                           range=Range(1, STEPS.hi, integer=True, zero="at the end of each epoch"))
-    check_finite: bool = opt(True, "skip a step whose loss is not finite (one device-to-host "
-                             "read per step; --no-check-finite saves it, and then only "
-                             "checkpoints are checked)")
+    check_finite: bool = opt(True, "skip a step whose loss is not finite, decided on the "
+                             "device (no host read per step; a copy of the BN statistics and "
+                             "a select per state; --no-check-finite saves those, and then "
+                             "only checkpoints are checked)")
     max_bad_steps: int = opt(10, "stop (non-zero exit, last good checkpoint kept) after this "
-                             "many steps in a row with a non-finite loss; each is skipped",
+                             "many steps in a row with a non-finite loss; each is skipped. "
+                             "Checked at logged lines: the run stops at the first one at or "
+                             "after the limit (--log-every)",
                              range=Range(1, 10 ** 6, integer=True))
     on_damaged: str = opt("skip", "a sample whose bytes fail the converter's checksum: skip "
                           "(its batch slot repeats a good sample; named on stderr, counted "

@@ -37,7 +37,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     rows = torch.arange(2 * n, device=z1.device)
     own = torch.cat([off + rows[:n], big_n + off + rows[:n]])      # self column
     pos = torch.cat([big_n + off + rows[:n], off + rows[:n]])      # pair column
-    logits = logits.masked_fill(F.one_hot(own, 2 * big_n).bool(), float("-inf"))
+    # scatter, not masked_fill(one_hot(own)): one_hot checks its classes with two
+    # host reads (.item()) on a CPU device (tests/test_sync_count.py)
+    logits = logits.scatter(1, own.unsqueeze(1), float("-inf"))
     return F.cross_entropy(logits, pos)
 
 

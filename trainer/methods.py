@@ -10,7 +10,12 @@ first 410 steps, SimSiam's predictor at a fixed learning rate. Momentum
 encoders and queues live inside their method and are saved with it.
 
 Hooks the loop calls for every method alike (no branching on names):
-``param_groups()``, ``after_backward(step)``, ``after_step(progress)``.
+``param_groups()``, ``after_backward(step)``, ``after_step(progress, ok)``
+and ``forward_state()``. ``ok`` (a 0-dim bool tensor, or None: no check) says
+whether the step is applied: when false, ``after_step`` changes nothing (the
+momentum encoders and MoCo's queue stay bit for bit; trainer/masked.py), and
+what ``forward_state()`` lists (besides BN statistics, which the step finds
+itself) is put back as it was before the forward pass (trainer/step.py).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.params import flat
-from trainer import dist, losses
+from trainer import dist, losses, masked
 from trainer.models import mlp
 
 
@@ -73,8 +78,12 @@ class Method(nn.Module):
     def after_backward(self, step: int) -> None:
         pass
 
-    def after_step(self, progress: float) -> None:
+    def after_step(self, progress: float, ok: torch.Tensor | None = None) -> None:
         pass
+
+    def forward_state(self) -> list[torch.Tensor]:
+        """Tensors other than BN statistics that ``forward`` changes in place."""
+        return []
 
 
 def _project(projector, f, batch, v: int):
@@ -84,10 +93,18 @@ def _project(projector, f, batch, v: int):
     return projector(f)
 
 
-def _momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
-    with torch.no_grad():
-        for po, pt in zip(online.parameters(), target.parameters()):
-            pt.mul_(m).add_(po.detach(), alpha=1 - m)
+@torch.no_grad()
+def _momentum_update(online: nn.Module, target: nn.Module, m: float,
+                     ok: torch.Tensor | None = None) -> None:
+    """target <- m target + (1 - m) online; with ``ok``, only where it is true."""
+    pts, pos = list(target.parameters()), [p.detach() for p in online.parameters()]
+    if ok is None:
+        for po, pt in zip(pos, pts):
+            pt.mul_(m).add_(po, alpha=1 - m)
+        return
+    new = torch._foreach_mul(pts, m)  # the same two operations, out of place
+    torch._foreach_add_(new, pos, alpha=1 - m)
+    masked.assign(ok, pts, new)
 
 
 class SimSiam(Method):
@@ -147,6 +164,7 @@ class MoCo(Method):
         self.temperature, self.m = _pick(h.temperature, 0.2), _pick(h.momentum, 0.999)
         self.register_buffer("queue", F.normalize(torch.randn(h.queue_size, d), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.pending = None  # this step's gathered keys, for after_step
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
@@ -154,17 +172,28 @@ class MoCo(Method):
         with torch.no_grad():
             k = F.normalize(self.project_target(self.target_backbone(batch.views[1]), batch, 1),
                             dim=1)
-        loss = losses.moco_infonce(q, k, self.queue.clone(), self.temperature)
-        with torch.no_grad():
-            keys = dist.gather(k.to(self.queue.dtype))  # bf16 keys into the fp32 queue
-            pos = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
-            self.queue[pos] = keys
-            self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
+        # No copy of the queue (32 MB at K = 65536): the keys are enqueued in after_step,
+        # after the backward pass that reads it (autograd would raise otherwise), where
+        # the step's ``ok`` is known, so a skipped step enqueues nothing. They are
+        # gathered here: a collective, in the same order on every rank.
+        loss = losses.moco_infonce(q, k, self.queue, self.temperature)
+        self.pending = dist.gather(k.to(self.queue.dtype))  # bf16 keys, fp32 queue
         return {"loss": loss, "feats": y}
 
-    def after_step(self, progress):
-        _momentum_update(self.backbone, self.target_backbone, self.m)
-        _momentum_update(self.projector, self.target_projector, self.m)
+    @torch.no_grad()
+    def after_step(self, progress, ok=None):
+        keys, self.pending = self.pending, None
+        if keys is not None:
+            n, size = len(keys), len(self.queue)
+            pos = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
+            ptr = (self.queue_ptr + n) % size
+            if ok is not None:  # a skipped step writes back the rows and pointer it has
+                keys = torch.where(ok, keys, self.queue[pos])
+                ptr = torch.where(ok, ptr, self.queue_ptr)
+            self.queue[pos] = keys
+            self.queue_ptr.copy_(ptr)
+        _momentum_update(self.backbone, self.target_backbone, self.m, ok)
+        _momentum_update(self.projector, self.target_projector, self.m, ok)
 
 
 class BYOL(Method):
@@ -193,10 +222,10 @@ class BYOL(Method):
     def momentum(self, progress: float) -> float:
         return 1 - (1 - self.m0) * (math.cos(math.pi * progress) + 1) / 2
 
-    def after_step(self, progress):
+    def after_step(self, progress, ok=None):
         m = self.momentum(progress)
-        _momentum_update(self.backbone, self.target_backbone, m)
-        _momentum_update(self.projector, self.target_projector, m)
+        _momentum_update(self.backbone, self.target_backbone, m, ok)
+        _momentum_update(self.projector, self.target_projector, m, ok)
 
 
 class SwAV(Method):
@@ -226,6 +255,9 @@ class SwAV(Method):
     def after_backward(self, step):
         if step < self.freeze:
             self.prototypes.weight.grad = None
+
+    def forward_state(self):
+        return [self.prototypes.weight]  # normalised in place by forward
 
     def param_groups(self):
         # The prototypes in a group of their own: they get their first gradient only

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class LinearProbe(nn.Module):
@@ -38,6 +39,7 @@ class Objective(nn.Module):
     def __init__(self, method: nn.Module, aux: nn.Module | None, probe: LinearProbe | None):
         super().__init__()
         self.method, self.aux, self.probe = method, aux, probe
+        self._forward_state: list[torch.Tensor] | None = None
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         extra = getattr(self.aux, "extra_views", 0)
@@ -67,11 +69,35 @@ class Objective(nn.Module):
             if hasattr(m, "after_backward"):
                 m.after_backward(step)
 
-    def after_step(self, progress: float) -> None:
-        """After the optimiser step (momentum encoders move here); ``progress`` in [0, 1]."""
+    def after_step(self, progress: float, ok: torch.Tensor | None = None) -> None:
+        """After the optimiser step (momentum encoders move here, MoCo enqueues);
+        ``progress`` in [0, 1]; ``ok`` (0-dim bool, on the device): whether the step
+        is applied, None when not checked (trainer/step.py)."""
         for m in self.parts():
             if hasattr(m, "after_step"):
-                m.after_step(progress)
+                m.after_step(progress, ok)
+
+    def forward_state(self) -> list[torch.Tensor]:
+        """Every tensor ``forward`` changes in place: the running statistics of every
+        BatchNorm (SyncBN and the target networks' included; torch updates them in
+        the forward pass, before the loss says whether the step is to be applied)
+        and what a part lists itself (SwAV's prototypes, normalised in forward).
+        Found once (a walk over ~300 modules is ~0.4 ms of host time a step at
+        ResNet-50 size) and again after ``.to()`` and the like (``_apply``), which
+        give buffers new tensors; BN layers are swapped for SyncBN before that."""
+        if self._forward_state is None:
+            out = [t for m in self.modules() if isinstance(m, _BatchNorm)
+                   for t in (m.running_mean, m.running_var, m.num_batches_tracked)
+                   if t is not None]
+            for m in self.parts():
+                if hasattr(m, "forward_state"):
+                    out += m.forward_state()
+            self._forward_state = out
+        return self._forward_state
+
+    def _apply(self, fn, *args, **kwargs):
+        self._forward_state = None
+        return super()._apply(fn, *args, **kwargs)
 
     def param_groups(self) -> list[dict]:
         """The method's groups, with the auxiliary heads' and the probe's parameters

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from trainer import masked
+
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
@@ -29,7 +31,11 @@ class LARS(torch.optim.Optimizer):
 
     Multi-tensor (foreach) ops over each group's parameters: a fixed ~15 launches
     per group instead of ~13 per parameter (RN50 has 161: ~2,000 launches a step
-    eager on a GPU). tests/test_optim.py holds it to the per-parameter loop."""
+    eager on a GPU). tests/test_optim.py holds it to the per-parameter loop.
+
+    ``found_inf`` (an attribute, as torch's GradScaler sets it on a fused
+    optimiser): a 0-dim float tensor; where it is 1 the step changes nothing,
+    decided on the device (trainer/masked.py)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 1e-3):
@@ -59,9 +65,16 @@ class LARS(torch.optim.Optimizer):
                 if "momentum_buffer" not in st:
                     st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 bufs.append(st["momentum_buffer"])
-            torch._foreach_mul_(bufs, g["momentum"])
-            torch._foreach_add_(bufs, grads)
-            torch._foreach_add_(ps, bufs, alpha=-g["lr"])
+            found_inf = getattr(self, "found_inf", None)
+            if found_inf is None:
+                torch._foreach_mul_(bufs, g["momentum"])
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_add_(ps, bufs, alpha=-g["lr"])
+                continue
+            new_bufs = torch._foreach_mul(bufs, g["momentum"])  # the same operations,
+            torch._foreach_add_(new_bufs, grads)                 # out of place
+            new_ps = torch._foreach_add(ps, new_bufs, alpha=-g["lr"])
+            masked.assign(found_inf == 0, bufs + ps, new_bufs + new_ps)
 
 
 def build(groups: list[dict], name: str, lr: float, momentum: float, weight_decay: float):
@@ -75,6 +88,44 @@ def build(groups: list[dict], name: str, lr: float, momentum: float, weight_deca
     # whole objective compiled): 2,842 img/s against 2,827 with foreach.
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            fused=True)
+
+
+def zero_momentum(optimizer) -> None:
+    """Give every parameter a momentum buffer of zeros where it has none yet.
+
+    torch's fused SGD creates its momentum buffers *uninitialised* on its first
+    step (``empty_like``, then "buf = grad"), so a first step it skips by
+    ``found_inf`` leaves whatever the memory held, which the next step multiplies
+    by the momentum and keeps. Our skipped steps do that, and so does torch's
+    GradScaler: its first fp16 steps usually overflow at the initial scale. With
+    zeros first, the step computes "buf = m * 0 + grad": the same values. Done
+    once per state dict (a resume loads a new one; SwAV's prototypes get their
+    first gradient only after hundreds of steps, hence every parameter)."""
+    if getattr(optimizer, "_zeroed_state", None) is optimizer.state:
+        return
+    for g in optimizer.param_groups:
+        if g.get("momentum"):
+            for p in g["params"]:
+                st = optimizer.state[p]
+                if st.get("momentum_buffer") is None:
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    optimizer._zeroed_state = optimizer.state
+
+
+def step(optimizer, found_inf: torch.Tensor | None = None) -> None:
+    """``optimizer.step()``; with ``found_inf`` (0-dim float on the device, 1.0 for
+    a step not to apply) no parameter or state changes where it is 1, without the
+    host reading it: torch's fused SGD skips its kernel on the device (the
+    GradScaler's contract: a ``found_inf`` attribute), LARS selects (above)."""
+    if found_inf is None:
+        optimizer.step()
+        return
+    zero_momentum(optimizer)
+    optimizer.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
 
 
 def set_lr(optimizer, step: int, total: int, warmup: int) -> float:

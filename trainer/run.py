@@ -39,6 +39,7 @@ from trainer.build import build_objective, rotated_views
 from trainer.config import Config, check_environment, from_argv, to_dict
 from trainer.models import backbone_state_dict
 from trainer.runlog import Metrics, progress_bar, write_config
+from trainer.step import Tally, train_step  # noqa: F401 - train_step: also for tools, benchmarks
 from trainer.watch import Watch
 
 
@@ -71,15 +72,6 @@ def _stop_on_signals():
     finally:
         for sig, old in handlers.items():
             signal.signal(sig, old)
-
-
-def _global_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-    """Means over the steps since the last log and over every rank: one all_reduce
-    and one device->host copy, only on logging steps."""
-    keys = sorted(sums)
-    stacked = dist.all_reduce_sum(torch.stack([sums[k] for k in keys]) / max(count, 1))
-    values = (stacked / dist.world()).tolist()
-    return dict(zip(keys, values))
 
 
 class NonFinite(RuntimeError):
@@ -118,50 +110,6 @@ def _checkpoint_on_damage(loader, save, out: str):
         raise DamagedSample(f"{e}. A checkpoint was written at the last finished step; to "
                             f"train on without the sample: python -m trainer.run --out {shlex.quote(out)} "
                             "--resume --on-damaged skip") from None
-
-
-def train_step(model, objective, optimizer, sysm: systems.Systems, batch, step: int,
-               progress: float, check_finite: bool = False,
-               stop_requested: bool = False) -> dict[str, torch.Tensor]:
-    """One optimisation step: forward under the run's autocast, backward (scaled
-    for fp16), the objective's hooks around the optimiser step. ``model`` is what
-    to call (DDP-wrapped or compiled), ``objective`` the bare module; ``step``
-    counts from 0 and ``progress`` is the fraction of training done after it.
-
-    ``check_finite``: a step whose loss is not finite (on any rank) is not applied:
-    no backward, no optimiser step, no hooks (momentum encoders, queues); the
-    returned dict then has ``skipped`` set. It costs one device-to-host read of a
-    flag per step, after the forward pass: the price of never applying a NaN step
-    (while the next batch is prepared ahead on the loader's side stream).
-    ``stop_requested`` (this rank caught SIGTERM/SIGINT): under DDP both flags go
-    through one 2-element all_reduce, so every rank skips the same steps and stops
-    after the same step (``out["stop"]``); that read happens under DDP even
-    without ``check_finite``."""
-    with sysm.autocast():
-        out = model(batch)
-    loss = out["loss"]
-    out["stop"] = stop_requested
-    if check_finite or dist.world() > 1:
-        flags = [(~torch.isfinite(loss.detach())).float().reshape(()) if check_finite
-                 else torch.zeros((), device=loss.device)]
-        if dist.world() > 1:  # every rank skips and stops after the same steps
-            flags.append(torch.tensor(float(stop_requested), device=loss.device))
-            bad, out["stop"] = (dist.all_reduce_max(torch.stack(flags)) > 0).tolist()
-        else:
-            bad = bool(flags[0].item())
-        if bad:
-            out["skipped"] = True
-            return out
-    optimizer.zero_grad(set_to_none=True)
-    (sysm.scaler.scale(loss) if sysm.scaler is not None else loss).backward()
-    objective.after_backward(step)
-    if sysm.scaler is not None:
-        sysm.scaler.step(optimizer)
-        sysm.scaler.update()
-    else:
-        optimizer.step()
-    objective.after_step(progress)
-    return out
 
 
 def train(cfg: Config) -> dict:
@@ -271,11 +219,13 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
             checkpoint.save_backbone(run_dir, backbone_state_dict(objective.method.backbone),
                                      at, finished=at >= total)
 
-    skipped_total, skipped_row = 0, 0
+    skipped_total = 0
     with _stop_on_signals() as stop_signal:
         bar = progress_bar(stop, step, cfg.progress and env.main)
-        sums: dict[str, torch.Tensor] = {}
-        count, t_last, step_last = 0, time.perf_counter(), step
+        # Sums and counters on the device, read once per logged line (trainer/step.py):
+        # no device-to-host read in between, so the host queues steps ahead.
+        tally = Tally()
+        t_last, step_last = time.perf_counter(), step
         last: dict[str, float] = {}
         model.train()
         while step < stop:
@@ -288,36 +238,32 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
                         and epoch % cfg.view_grid_every == 0:
                     watch.views(batch, step)  # once every few epochs: a host copy is fine
                 cur_lr = optim.set_lr(optimizer, step, total, warmup)
-                out = train_step(model, objective, optimizer, sysm, batch, step,
-                                 (step + 1) / total, check_finite=cfg.check_finite,
-                                 stop_requested=bool(stop_signal))
+                tally.add(train_step(model, objective, optimizer, sysm, batch, step,
+                                     (step + 1) / total, check_finite=cfg.check_finite))
                 step += 1
-                stopping = out.pop("stop", False)
-                if out.pop("skipped", False):
-                    skipped_total, skipped_row = skipped_total + 1, skipped_row + 1
-                    print(f"step {step}: non-finite loss, step skipped ({skipped_row} in a "
-                          "row)", file=sys.stderr)
-                    if skipped_row >= cfg.max_bad_steps:
+                # One process acts on a signal after the step it is in. Ranks agree on
+                # it when they read the tally, at the same logged steps on every rank.
+                stopping = env.world == 1 and bool(stop_signal)
+                if step % cfg.log_every == 0 or step == stop:
+                    now = time.perf_counter()
+                    rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
+                    got = tally.read(bool(stop_signal))
+                    stopping = stopping or got.stop
+                    skipped_total += got.skipped
+                    if got.skipped:
+                        what = ("step skipped" if got.skipped == 1 else
+                                f"{got.skipped} steps skipped since step {step_last}")
+                        print(f"step {step}: non-finite loss, {what} ({got.row} in a row)",
+                              file=sys.stderr)
+                    if got.row >= cfg.max_bad_steps:
                         if env.main:
                             metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
                                            "skipped_steps": skipped_total,
                                            "stopped": "non-finite loss"})
-                        raise NonFinite(f"stopped at step {step}: {skipped_row} steps in a row "
+                        raise NonFinite(f"stopped at step {step}: {got.row} steps in a row "
                                         "had a non-finite loss (--max-bad-steps "
                                         f"{cfg.max_bad_steps}); " + _kept(run_dir))
-                    out = {}
-                else:
-                    skipped_row = 0
-                # Accumulate on the device; .item() only when a line is logged.
-                if out:
-                    count += 1
-                for k, v in out.items():
-                    v = v.detach().float()
-                    sums[k] = sums[k] + v if k in sums else v.clone()
-                if step % cfg.log_every == 0 or step == stop:
-                    now = time.perf_counter()
-                    rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
-                    last = _global_means(sums, count) if sums else {}
+                    last = got.means
                     if env.main:
                         metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
                                        "images_per_s": rate, "skipped_steps": skipped_total,
@@ -325,7 +271,7 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
                                        **last})
                         if last:
                             bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
-                    sums, count, t_last, step_last = {}, 0, now, step
+                    t_last, step_last = now, step
                 bar.update(1)
                 if step % ckpt_every == 0 and step < stop:
                     save(step)
@@ -335,7 +281,7 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
                     raise Preempted(stop_signal[0] if stop_signal else signal.SIGTERM, step)
                 if step >= stop:
                     break
-        bar.close()  # the last step was logged (step == stop): nothing left in ``sums``
+        bar.close()  # the last step was logged (step == stop): nothing left in the tally
         save(step)
     summary = {"run": str(run_dir), "step": step, "final": last,
                "skipped_steps": skipped_total, **resolved}

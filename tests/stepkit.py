@@ -1,0 +1,48 @@
+"""One training step outside the loop, for every method and auxiliary head: the
+objective, optimiser and a synthetic batch shaped by the run's own recipe (SwAV's
+multi-crop, E-SSL's rotated views), small enough for 2 CPU cores."""
+
+import torch
+
+from pipelines.batch import Batch
+from pipelines.params import identity
+from pipelines.recipe import preset, with_rotated_views
+from trainer import optim, systems
+from trainer.build import build_objective, rotated_views
+from trainer.config import from_argv
+from trainer.methods import METHODS
+from trainer.run import resolve_preset
+
+AUX = ("none", "augself", "equimod", "essl", "condproj")
+PAIRS = [(m, a) for m in METHODS for a in AUX if not (m == "supervised" and a == "condproj")]
+CLASSES = 4
+
+SMALL = ["--data", "-", "--out", "-", "--backbone", "small", "--size", "16", "--small-size", "8",
+         "--proj-hidden", "32", "--proj-dim", "16", "--pred-hidden", "8", "--queue-size", "16",
+         "--prototypes", "8", "--freeze-prototypes", "0", "--essl-views", "2"]
+
+
+def build(method: str, aux: str, *extra: str, optimizer: str = "sgd"):
+    """-> (objective in train mode, optimiser, Systems (CPU, fp32), recipe)."""
+    cfg = from_argv([*SMALL, "--method", method, "--aux", aux, *extra])
+    recipe = preset(resolve_preset(cfg), cfg.size, cfg.small_size or None)
+    n, side = rotated_views(cfg)
+    if n:
+        recipe = with_rotated_views(recipe, n, side or max(8, cfg.size // 2))
+    objective = build_objective(cfg, recipe, CLASSES).train()
+    opt = optim.build(objective.param_groups(), optimizer, 0.1, 0.9, 5e-4)
+    return objective, opt, systems.Systems(torch.device("cpu"), torch.float32, None), recipe
+
+
+def batch(recipe, seed: int, b: int = 8, poison: bool = False) -> Batch:
+    """Random views and parameters in their ranges; ``poison``: a NaN in every
+    view, so that every loss term of the step is NaN."""
+    g = torch.Generator().manual_seed(seed)
+    v = recipe.num_views
+    params = {k: t + 0.1 * torch.rand(t.shape, generator=g) for k, t in identity(b, v).items()}
+    params["rot"] = torch.randint(0, 4, (b, v, 1), generator=g).float()
+    views = [torch.randn(b, 3, r.size, r.size, generator=g) for r in recipe.views]
+    if poison:
+        for x in views:
+            x[0, 0, 0, 0] = float("nan")
+    return Batch(views, params, torch.randint(0, CLASSES, (b,), generator=g), torch.arange(b))
