@@ -27,10 +27,7 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 from benchmarks.report import bar_plot, environment, write_section
 from pipelines import cli
@@ -40,66 +37,10 @@ from trainer import optim, systems
 from trainer.build import build_objective
 from trainer.config import Config
 from trainer.dist import Env
-from trainer.run import train_step
+from trainer.throughput import Trainee, ceiling, end_to_end
 
-# Every step below is the loop's step, its per-step finiteness read included
-# (trainer/run.py, --check-finite, the default).
-
-
-class Timer:
-    """Seconds between start() and stop(): CUDA events on a GPU (after the work
-    queued in between), the wall clock on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def start(self):
-        if self.cuda:
-            self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                enable_timing=True)
-            self.a.record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def stop(self) -> float:
-        if self.cuda:
-            self.b.record()
-            self.b.synchronize()
-            return self.a.elapsed_time(self.b) / 1000
-        return time.perf_counter() - self.t0
-
-
-def ceiling(model, objective, opt, sysm, batch, steps: int, warmup: int) -> float:
-    """Images/s on one batch kept on the device."""
-    for i in range(warmup):
-        train_step(model, objective, opt, sysm, batch, i, 0.5, check_finite=True)
-    timer = Timer(sysm.device)
-    timer.start()
-    for i in range(steps):
-        train_step(model, objective, opt, sysm, batch, i, 0.5, check_finite=True)
-    return steps * len(batch) / timer.stop()
-
-
-def end_to_end(model, objective, opt, sysm, loader, epoch: int, steps: int,
-               warmup: int) -> tuple[float, float]:
-    """(images/s through the loader, share of the step spent in next())."""
-    loader.set_epoch(epoch)
-    it = iter(loader)
-    for i in range(warmup):
-        train_step(model, objective, opt, sysm, next(it), i, 0.5, check_finite=True)
-    timer, waited, n = Timer(sysm.device), 0.0, 0
-    timer.start()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        w = time.perf_counter()
-        batch = next(it)
-        waited += time.perf_counter() - w
-        n += len(batch)
-        train_step(model, objective, opt, sysm, batch, i, 0.5, check_finite=True)
-    seconds = timer.stop()
-    host = time.perf_counter() - t0
-    it.close()
-    return n / seconds, waited / host
+# Every step below is the loop's step, its finiteness check included
+# (trainer/run.py, --check-finite, the default): trainer/throughput.py.
 
 
 def main(argv=None) -> int:
@@ -170,8 +111,9 @@ def main(argv=None) -> int:
                 for be, loader in loaders.items():
                     cell = results.setdefault((be, mode), {"e2e": [], "ceiling": [],
                                                            "share": []})
-                    c = ceiling(model, objective, opt, sysm, fixed[be], steps, warmup)
-                    e, share = end_to_end(model, objective, opt, sysm, loader, r, steps, warmup)
+                    t = Trainee(model, objective, opt, sysm)
+                    c = ceiling(t, fixed[be], steps, warmup)
+                    e, share = end_to_end(t, loader, r, steps, warmup)
                     cell["ceiling"].append(c)
                     cell["e2e"].append(e)
                     cell["share"].append(share)
