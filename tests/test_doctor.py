@@ -84,3 +84,20 @@ def test_bad_arguments_are_refused_before_any_work(argv, capsys):
         doctor.main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("python -m tools.doctor")
+
+
+def test_full_compile_sweep_names_the_spilling_specialisation(monkeypatch):
+    """The full run compiles in worker processes and names a spill without failing
+    the check: two clean specialisations and one measured to spill on sm_90
+    (tests/test_triton_targets.py KNOWN_SPILLS)."""
+    pytest.importorskip("triton")
+    from pipelines import triton_targets as tt
+
+    if torch.cuda.is_available():
+        pytest.skip("the sweep targets this GPU's architecture; the spill is sm_90's")
+    spills = tt.Spec(True, True, tt.MAX_RADIUS, False, True, False, "fp32")
+    clean = [tt.heaviest("bf16"), tt.Spec(False, False, 0, False, False, False, "bf16")]
+    monkeypatch.setattr(tt, "specialisations", lambda: [*clean, spills])
+    check = doctor.triton_compile(full=True)
+    assert check.ok is True and check.figures["compiled"] == 3
+    assert check.figures["spills"] == [spills.name] and spills.name in check.detail
