@@ -18,13 +18,14 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 TEST_TIMEOUT ?= 900
 
-.PHONY: setup apt demo test test-all bench lint clean help
+.PHONY: setup apt demo test test-all bench mutation lint clean help
 
 help:
 	@echo "make demo      set up, then generate + convert the synthetic dataset, pretrain SimSiam and SimSiam+AugSelf, report"
 	@echo "make test      set up, then run the fast test suite (CPU)"
 	@echo "make test-all  also the slow tests (CIFAR-10 from ../shared/data)"
 	@echo "make bench     conversion, loader, aux-head and end-to-end benchmarks into benchmarks/RESULTS.md"
+	@echo "make mutation  mutation score of the core modules (mutmut; slow, one mutant at a time)"
 	@echo "make lint      ruff"
 	@echo "make clean     remove the venv and generated data"
 
@@ -68,6 +69,19 @@ bench: setup
 		--proj 512 --steps 10 --warmup 3 --repeats 5
 	$(PY) -m benchmarks.e2e --quick
 	$(PY) -m benchmarks.feeder
+
+# Mutation testing of the core modules, each against its own fast tests
+# (benchmarks/mutation.py; scratch copies in build/mutation/). Not in `make test`:
+# it takes minutes per module. `make mutation MUTATION_ARGS="losses optim"` runs some.
+MUTATION_ARGS ?=
+MUTATION_STAMP := $(VENV)/.mutation-stamp
+
+$(MUTATION_STAMP): requirements-mutation.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-mutation.txt
+	@touch $(MUTATION_STAMP)
+
+mutation: setup $(MUTATION_STAMP)
+	$(PY) -m benchmarks.mutation $(MUTATION_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

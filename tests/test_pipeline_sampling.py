@@ -228,3 +228,54 @@ def test_ffcv_op_decodes_once_whatever_the_views(tmp_path, monkeypatch):
         loader_ffcv._SHARED.pop("kernels", None)
         if saved is not None:
             loader_ffcv._SHARED["kernels"] = saved
+
+
+def _lowbias32(x):
+    """Chris Wellons' lowbias32, written out on Python ints (a naive reference)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _naive_uniform(seed, epoch, index, view, slot):
+    h = _lowbias32(seed & 0xFFFFFFFF)
+    for key in (epoch, index, (view * 256 + slot)):
+        h = _lowbias32(h ^ (key & 0xFFFFFFFF))
+    return h / 2**32
+
+
+def test_counter_uniforms_equal_a_naive_lowbias32():
+    """Both counter RNGs (numpy/numba and torch) give exactly the numbers of the
+    documented hash chain over (seed, epoch, index, view * 256 + slot): a changed
+    constant, shift or key order keeps the draws uniform (the statistical tests
+    pass) but changes every number, and the backends would then disagree."""
+    from pipelines import counter_rng as cr
+
+    cases = [(0, 0, 0, 0, 0), (7, 3, 12345, 1, cr.SLOT_FLIP), (2**32 + 5, 9, 2**31 + 7, 2, 33),
+             (123, 2**33 + 1, 4, 3, 20), (1, 1, 1, 255, 42), (5, 0, 99, 0, 255)]
+    for seed, epoch, index, view, slot in cases:
+        want = _naive_uniform(seed, epoch, index, view, slot)
+        assert cr.uniform_np(seed, epoch, index, view, slot) == want
+        got = cr.uniform_torch(seed, epoch, torch.tensor([index, index + 1]), view, slot)
+        assert got.dtype == torch.float32
+        assert got[0].item() == np.float32(want)
+        assert got[1].item() == np.float32(_naive_uniform(seed, epoch, index + 1, view, slot))
+    idx = np.arange(50, dtype=np.uint64)
+    arr = cr.uniform_np(3, 1, idx, 1, 5)
+    assert arr.dtype == np.float64 and (arr >= 0).all() and (arr < 1).all()
+    assert [float(a) for a in arr] == [_naive_uniform(3, 1, i, 1, 5) for i in range(50)]
+    # The torch draw is the numpy one rounded once to float32, for every index
+    # (a divisor off by one, 2**32 + 1, flips ~0.4% of the roundings), and for
+    # any integer index dtype (an int32 index must not wrap the 32-bit hash).
+    many = np.arange(20000, dtype=np.uint64)
+    want = cr.uniform_np(7, 2, many, 1, 9).astype(np.float32)
+    for dtype in (torch.int64, torch.int32):
+        got = cr.uniform_torch(7, 2, torch.arange(20000, dtype=dtype), 1, 9)
+        assert np.array_equal(got.numpy(), want), dtype
+    # the slot constants the samplers share: crop draws 0..21, then one each
+    assert (cr.CROP_ATTEMPTS, cr.SLOT_POS_Y, cr.SLOT_POS_X) == (10, 20, 21)
+    assert (cr.SLOT_FLIP, cr.SLOT_JITTER, cr.SLOT_COLOR, cr.SLOT_GRAY, cr.SLOT_BLUR,
+            cr.SLOT_SIGMA, cr.SLOT_SOLARIZE, cr.SLOT_ROT, cr.SLOT_ROT_SHARED) == (
+        32, 33, 34, 38, 39, 40, 41, 42, 43)
