@@ -63,20 +63,26 @@ def run_tool(module: str, *args: str):
                           capture_output=True, text=True, timeout=600)
 
 
+def converted(root: Path, size: tuple[int, int], n_train: int, n_test: int, split: str,
+              seed: int, extra: tuple = ()) -> Path:
+    """Synthetic images (make_synthetic) in root/images, one split converted with a
+    raw write mode (every backend decodes the pixels PIL does) into root/conv."""
+    from tools import convert_dataset, make_synthetic
+
+    make_synthetic.generate(root / "images", size, n_train, n_test, seed=seed, quiet=True)
+    rc = convert_dataset.main([str(root / "images"), "--split", split, "--out",
+                               str(root / "conv"), "--write-mode", "raw", "--quiet", *extra])
+    assert rc == 0
+    return root / "conv"
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory):
     """200 synthetic 160x120 images converted with a raw .beton (so every backend
     decodes the same pixels as PIL does from the records); records only where FFCV
     is not installed (most GPU machines)."""
-    from tools import convert_dataset, make_synthetic
-
-    root = tmp_path_factory.mktemp("small")
-    make_synthetic.generate(root / "images", (160, 120), 200, 0, seed=5, quiet=True)
-    rc = convert_dataset.main([str(root / "images"), "--split", "train", "--out",
-                               str(root / "conv"), "--write-mode", "raw", "--quiet",
-                               "--shard-size", "64", *([] if HAVE_FFCV else ["--no-beton"])])
-    assert rc == 0
-    return root / "conv"
+    return converted(tmp_path_factory.mktemp("small"), (160, 120), 200, 0, "train", seed=5,
+                     extra=("--shard-size", "64", *([] if HAVE_FFCV else ["--no-beton"])))
 
 
 def backends_here() -> list[str]:
@@ -109,12 +115,5 @@ def every_backend(*, dali_only: bool = False, without: tuple[str, ...] = ()) -> 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """256 synthetic 40x40 images, records only: cheap to decode, for trainer tests."""
-    from tools import convert_dataset, make_synthetic
-
-    root = tmp_path_factory.mktemp("tiny")
-    make_synthetic.generate(root / "images", (40, 40), 256, 0, seed=7, quiet=True)
-    rc = convert_dataset.main([str(root / "images"), "--split", "train", "--out",
-                               str(root / "conv"), "--write-mode", "raw", "--quiet",
-                               "--no-beton"])
-    assert rc == 0
-    return root / "conv"
+    return converted(tmp_path_factory.mktemp("tiny"), (40, 40), 256, 0, "train", seed=7,
+                     extra=("--no-beton",))

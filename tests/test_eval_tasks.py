@@ -8,7 +8,7 @@ import evalref
 import numpy as np
 import pytest
 import torch
-from conftest import run_tool
+from conftest import converted, run_tool
 from PIL import Image
 
 from pipelines.build import LoaderConfig
@@ -124,15 +124,8 @@ def _run_folder(tmp_path, size=32):
 def heldout(tmp_path_factory):
     """120 synthetic 40x40 images of the test split (other images than tiny_dataset's
     train split, the same 60 classes), converted apart: a split to score on."""
-    from tools import convert_dataset, make_synthetic
-
-    root = tmp_path_factory.mktemp("heldout")
-    make_synthetic.generate(root / "images", (40, 40), 0, 120, seed=7, quiet=True)
-    rc = convert_dataset.main([str(root / "images"), "--split", "test", "--out",
-                               str(root / "conv"), "--write-mode", "raw", "--quiet",
-                               "--no-beton"])
-    assert rc == 0
-    return root / "conv"
+    return converted(tmp_path_factory.mktemp("heldout"), (40, 40), 0, 120, "test", seed=7,
+                     extra=("--no-beton",))
 
 
 def test_evaluate_tool_every_task_and_its_errors(tmp_path, tiny_dataset, heldout, capsys):
