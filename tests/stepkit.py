@@ -22,21 +22,24 @@ SMALL = ["--data", "-", "--out", "-", "--backbone", "small", "--size", "16", "--
          "--prototypes", "8", "--freeze-prototypes", "0", "--essl-views", "2"]
 
 
-def build(method: str, aux: str, *extra: str, optimizer: str = "sgd"):
-    """-> (objective in train mode, optimiser, Systems (CPU, fp32), recipe)."""
+def build(method: str, aux: str, *extra: str, optimizer: str = "sgd", device: str = "cpu",
+          dtype: torch.dtype = torch.float32):
+    """-> (objective in train mode on ``device``, optimiser, Systems (``device``,
+    autocast ``dtype``; fp32 is no autocast), recipe)."""
     cfg = from_argv([*SMALL, "--method", method, "--aux", aux, *extra])
     recipe = preset(resolve_preset(cfg), cfg.size, cfg.small_size or None)
     n, side = rotated_views(cfg)
     if n:
         recipe = with_rotated_views(recipe, n, side or max(8, cfg.size // 2))
-    objective = build_objective(cfg, recipe, CLASSES).train()
+    objective = build_objective(cfg, recipe, CLASSES).train().to(device)
     opt = optim.build(objective.param_groups(), optimizer, 0.1, 0.9, 5e-4)
-    return objective, opt, systems.Systems(torch.device("cpu"), torch.float32, None), recipe
+    return objective, opt, systems.Systems(torch.device(device), dtype, None), recipe
 
 
-def batch(recipe, seed: int, b: int = 8, poison: bool = False) -> Batch:
-    """Random views and parameters in their ranges; ``poison``: a NaN in every
-    view, so that every loss term of the step is NaN."""
+def batch(recipe, seed: int, b: int = 8, poison: bool = False, device: str = "cpu") -> Batch:
+    """Random views and parameters in their ranges (drawn on the CPU, then moved to
+    ``device``); ``poison``: a NaN in every view, so that every loss term of the
+    step is NaN."""
     g = torch.Generator().manual_seed(seed)
     v = recipe.num_views
     params = {k: t + 0.1 * torch.rand(t.shape, generator=g) for k, t in identity(b, v).items()}
@@ -45,4 +48,9 @@ def batch(recipe, seed: int, b: int = 8, poison: bool = False) -> Batch:
     if poison:
         for x in views:
             x[0, 0, 0, 0] = float("nan")
-    return Batch(views, params, torch.randint(0, CLASSES, (b,), generator=g), torch.arange(b))
+    labels = torch.randint(0, CLASSES, (b,), generator=g)
+    if device != "cpu":
+        views = [x.to(device) for x in views]
+        params = {k: t.to(device) for k, t in params.items()}
+        labels = labels.to(device)
+    return Batch(views, params, labels, torch.arange(b, device=device))

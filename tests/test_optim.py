@@ -100,16 +100,17 @@ def test_built_sgd_equals_plain_momentum_sgd():
         torch.testing.assert_close(w.detach(), ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("name", ["sgd", "lars"])
-def test_a_step_flagged_by_found_inf_changes_nothing(name):
+def test_a_step_flagged_by_found_inf_changes_nothing(name, device):
     """optim.step with found_inf = 1 leaves every parameter and momentum buffer as
     it was, on the first step too (torch's fused SGD makes its buffers with
     empty_like: zero_momentum must fill them, or the skipped first step leaves
     garbage the next step keeps); with found_inf = 0 it is the plain step. The run
     with skips interleaved equals the run without them, bit for bit."""
     g = torch.Generator().manual_seed(3)
-    start = torch.randn(4, 3, generator=g)
-    grads = [torch.randn(4, 3, generator=g) for _ in range(3)]
+    start = torch.randn(4, 3, generator=g).to(device)
+    grads = [torch.randn(4, 3, generator=g).to(device) for _ in range(3)]
     runs = []
     for skips in (False, True):
         w = torch.nn.Parameter(start.clone())
@@ -120,11 +121,11 @@ def test_a_step_flagged_by_found_inf_changes_nothing(name):
                 buf0 = opt.state[w].get("momentum_buffer")
                 buf0 = torch.zeros_like(w) if buf0 is None else buf0.clone()
                 w.grad = torch.full_like(w, float("nan"))
-                optim.step(opt, torch.ones(()))
+                optim.step(opt, torch.ones((), device=device))
                 assert torch.equal(w.detach(), before)
                 buf = opt.state[w].get("momentum_buffer")
                 assert buf is None or torch.equal(buf, buf0)  # none yet counts as zeros
             w.grad = grad.clone()
-            optim.step(opt, torch.zeros(()) if skips else None)
+            optim.step(opt, torch.zeros((), device=device) if skips else None)
         runs.append((w.detach().clone(), opt.state[w]["momentum_buffer"].clone()))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
