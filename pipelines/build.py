@@ -80,10 +80,13 @@ def readable(data: str) -> list[str]:
                                     else outputs.get("records"))]
 
 
-def resolve_backend(name: str, data: str | None = None) -> str:
-    """"auto" -> the best backend here (that can read ``data`` when given); any
-    other name is checked and returned."""
+def resolve_backend(name: str, data: str | None = None, device: str | None = None) -> str:
+    """"auto" -> the best backend here (that can read ``data`` when given, and
+    that delivers on ``device`` when one is given: a CPU device rules out
+    dali-gpu); any other name is checked and returned."""
     here = available()
+    if name == "auto" and device is not None and torch.device(device).type != "cuda":
+        here = [b for b in here if b != "dali-gpu"]
     usable = [b for b in here if b in readable(data)] if data else here
     if name == "auto":
         if not usable:
@@ -119,7 +122,7 @@ def resolve_recipe(cfg: LoaderConfig) -> Recipe:
 
 
 def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
-    backend = resolve_backend(cfg.backend, cfg.data)
+    backend = resolve_backend(cfg.backend, cfg.data, cfg.device)
     recipe = resolve_recipe(cfg)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,

@@ -139,8 +139,13 @@ def _store(out, raw, base, offs, m, r, g, b, sol, m0, m1, m2, s0, s1, s2,
         tl.store(raw + p + 2, tl.floor(_clamp01(b) * 255.0 + 0.5).to(tl.uint8), mask=m)
 
 
+# No argument may be named ``params``, ``specialization`` or ``options``: Triton
+# 3.6's generated argument binder has locals of those names, and an argument
+# called ``params`` reached the specializer as the binder's dict ("failed to
+# specialize argument of type: dict", found on an H200 with Triton 3.6.0; 3.8
+# does not show it). tests/test_triton_targets.py holds the names to this.
 @triton.jit
-def _render(src, params, col, rest_stride, out, raw, tmp, S,
+def _render(src, rows, col, rest_stride, out, raw, tmp, S,
             m0, m1, m2, s0, s1, s2,
             HUE: tl.constexpr, BLUR: tl.constexpr, RADIUS: tl.constexpr,
             SOLARIZE: tl.constexpr, ROTATE: tl.constexpr, RAW: tl.constexpr,
@@ -149,7 +154,7 @@ def _render(src, params, col, rest_stride, out, raw, tmp, S,
     n = S * S
     base = img * n * 3
     tmp2 = tmp + tl.num_programs(0).to(tl.int64) * n * 3  # second half of the scratch
-    pr = params + img * rest_stride + col
+    pr = rows + img * rest_stride + col
     flip = tl.load(pr + _FLIP) > 0.5
     bri = tl.load(pr + _BRI)
     con = tl.load(pr + _CON)

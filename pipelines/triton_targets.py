@@ -138,7 +138,7 @@ def signature(spec: Spec) -> dict[str, str]:
     and raw (raw is the crops themselves when not kept), float32 parameters and
     scratch, ``out`` in the spec's dtype, int32 column/stride/side, float32
     normalisation constants, then the constexprs."""
-    sig = {"src": "*u8", "params": "*fp32", "col": "i32", "rest_stride": "i32",
+    sig = {"src": "*u8", "rows": "*fp32", "col": "i32", "rest_stride": "i32",
            "out": f"*{spec.dtype}", "raw": "*u8", "tmp": "*fp32", "S": "i32"}
     sig.update({k: "fp32" for k in ("m0", "m1", "m2", "s0", "s1", "s2")})
     sig.update({k: "constexpr" for k in spec.constexprs()})

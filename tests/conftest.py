@@ -11,6 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 HAVE_FFCV = importlib.util.find_spec("ffcv") is not None
+# The converter writes a .beton by default and refuses to without FFCV (most GPU
+# machines): tests that convert for another purpose pass this.
+NO_BETON = () if HAVE_FFCV else ("--no-beton",)
 
 
 def _share_cores() -> None:
@@ -103,6 +106,12 @@ def backends_here() -> list[str]:
 # the need is missing (pytest_runtest_setup), never silently left out.
 NEEDS = {"dali-gpu": ("gpu", "dali"), "dali-cpu": ("dali",), "ffcv": ("ffcv",),
          "torchvision": ()}
+
+
+def device_for(backend: str) -> str:
+    """Where a backend's batches are compared: dali-gpu delivers on the GPU (it
+    refuses a CPU device), every other backend on the CPU."""
+    return "cuda" if backend == "dali-gpu" else "cpu"
 
 
 def every_backend(*, dali_only: bool = False, without: tuple[str, ...] = ()) -> list:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import NO_BETON, ROOT
 
 from pipelines import cli
 
@@ -22,9 +22,10 @@ def tool(module: str):
 
 
 BAD = [  # (module, argv, what the line must say)
-    ("tools.convert_dataset", ["/nonexistent/src", "--out", "{tmp}/o"], "/nonexistent/src"),
-    ("tools.convert_dataset", ["{tmp}", "--out", "/etc/hostname"], "/etc/hostname"),
-    ("tools.convert_dataset", ["{tmp}/empty", "--out", "{tmp}/o"], "empty"),
+    ("tools.convert_dataset", ["/nonexistent/src", "--out", "{tmp}/o", *NO_BETON],
+     "/nonexistent/src"),
+    ("tools.convert_dataset", ["{tmp}", "--out", "/etc/hostname", *NO_BETON], "/etc/hostname"),
+    ("tools.convert_dataset", ["{tmp}/empty", "--out", "{tmp}/o", *NO_BETON], "empty"),
     ("tools.show_views", ["--data", "/nonexistent/d", "--out", "{tmp}/v.png"], "/nonexistent/d"),
     ("tools.evaluate", ["/nonexistent/run", "--train", "{tmp}", "--test", "{tmp}"],
      "/nonexistent/run"),

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import every_backend
+from conftest import HAVE_FFCV, device_for, every_backend
 
 from pipelines.build import LoaderConfig, build_loader
 from pipelines.checks import DamagedSample
@@ -24,7 +24,8 @@ def converted(tmp_path):
 
     make_synthetic.generate(tmp_path / "img", (40, 40), 32, 0, seed=2, quiet=True)
     rc = convert_dataset.main([str(tmp_path / "img"), "--split", "train", "--out",
-                               str(tmp_path / "c"), "--quiet", "--shard-size", "16"])
+                               str(tmp_path / "c"), "--quiet", "--shard-size", "16",
+                               *([] if HAVE_FFCV else ["--no-beton"])])
     assert rc == 0
     return tmp_path / "c"
 
@@ -51,9 +52,11 @@ def _flip(path, at: int) -> None:
 def epoch(data, backend, on_damaged="skip"):
     loader = build_loader(LoaderConfig(data=str(data), backend=backend, size=16, batch_size=8,
                                        shuffle=False, drop_last=False, workers=1,
-                                       device="cpu", keep_raw=True, on_damaged=on_damaged))
+                                       device=device_for(backend), keep_raw=True,
+                                       on_damaged=on_damaged))
     loader.set_epoch(0)
-    return loader, [(b.index.clone(), [v.clone() for v in b.raw]) for b in loader]
+    return loader, [(b.index.to("cpu", copy=True), [v.to("cpu", copy=True) for v in b.raw])
+                    for b in loader]
 
 
 @pytest.mark.parametrize("backend", every_backend())

@@ -99,8 +99,9 @@ def test_tensorboard_events_and_embeddings(small_dataset, tmp_path):
     assert len(acc.Images("views")) == 2  # one per epoch
 
     for ext in ("npy", "csv"):
+        # CPU semantics, said: the reference below is computed on the CPU
         assert embed.main([str(out), "--data", str(small_dataset), "--out",
-                           str(tmp_path / f"e.{ext}"), "--quiet"]) == 0
+                           str(tmp_path / f"e.{ext}"), "--quiet", "--device", "cpu"]) == 0
     arr = np.load(tmp_path / "e.npy")
     rec = Records(small_dataset)
     assert len(arr) == len(rec) and (arr["index"] == np.arange(len(rec))).all()

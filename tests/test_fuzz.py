@@ -9,7 +9,7 @@ import random
 import shutil
 
 import pytest
-from conftest import every_backend
+from conftest import NO_BETON, device_for, every_backend
 
 from pipelines.build import LoaderConfig, build_loader
 from pipelines.records import Records, open_rgb
@@ -24,7 +24,7 @@ def clean(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     make_synthetic.generate(root / "img", (40, 40), 24, 0, seed=4, quiet=True)
     rc = convert_dataset.main([str(root / "img"), "--split", "train", "--out",
-                               str(root / "c"), "--quiet", "--shard-size", "12"])
+                               str(root / "c"), "--quiet", "--shard-size", "12", *NO_BETON])
     assert rc == 0
     return root
 
@@ -57,9 +57,10 @@ def mutate(folder, rng: random.Random) -> str:
 def one_epoch(data, backend):
     loader = build_loader(LoaderConfig(data=str(data), backend=backend, size=16, batch_size=8,
                                        shuffle=False, drop_last=False, workers=1,
-                                       device="cpu", keep_raw=True))
+                                       device=device_for(backend), keep_raw=True))
     loader.set_epoch(0)
-    return [(b.index.clone(), [v.clone() for v in b.raw]) for b in loader]
+    return [(b.index.to("cpu", copy=True), [v.to("cpu", copy=True) for v in b.raw])
+            for b in loader]
 
 
 @pytest.mark.parametrize("backend", every_backend())
@@ -109,7 +110,8 @@ def test_converter_survives_mutated_sources(clean, tmp_path, capsys):
                 raw = bytearray()
             path.write_bytes(bytes(raw))
         out = tmp_path / f"o{trial}"
-        rc = convert_dataset.main([str(src), "--out", str(out), "--quiet", "--workers", "1"])
+        rc = convert_dataset.main([str(src), "--out", str(out), "--quiet", "--workers", "1",
+                                   *NO_BETON])
         err = capsys.readouterr().err
         assert rc in (0, 1) and "Traceback" not in err
         if rc == 1:

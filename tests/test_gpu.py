@@ -25,13 +25,16 @@ def test_dali_gpu_bf16_trains(tiny_dataset, tmp_path):
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5
 
 
-def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
+@pytest.mark.parametrize("stage", ["triton", "torch"])
+def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset, stage):
     """torch.cuda.set_sync_debug_mode("error") over the dali-gpu device stage (the
     copies out of DALI, the Triton stage, the hand-over to the training stream)
     and a SimSiam+AugSelf training step, with the finiteness check on as in a run
     (its skip is decided on the device: trainer/step.py): a blocking copy or a
     device-to-host read added to either fails here. The first batch and step run
-    outside the mode (kernel compilation, lazy optimiser state)."""
+    outside the mode (kernel compilation, lazy optimiser state). Both GPU stages:
+    the Triton one, and the torch one it falls back to, whose blocking copy of the
+    labels was found here on an H200."""
     from pipelines.build import LoaderConfig, build_loader
     from trainer import optim, systems
     from trainer.build import build_objective
@@ -40,7 +43,9 @@ def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
     argv = trainrun.args(tiny_dataset, "unused", "--method", "simsiam", "--aux", "augself")
     cfg = from_argv(argv)
     loader = build_loader(LoaderConfig(data=str(tiny_dataset), backend="dali-gpu", size=32,
-                                       batch_size=32, workers=2), dtype=torch.bfloat16)
+                                       batch_size=32, workers=2, stage=stage),
+                          dtype=torch.bfloat16)
+    assert loader.finish.stage == stage
     objective = build_objective(cfg, loader.recipe, 0).cuda().to(memory_format=torch.channels_last)
     opt = optim.build(objective.param_groups(), "sgd", 0.1, 0.9, 5e-4)
 
@@ -61,3 +66,4 @@ def test_device_stage_and_training_step_make_no_hidden_sync(tiny_dataset):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(out["loss"]).item()
+    assert loader.finish.stage == stage, loader.finish.self_check_result  # no fall-back

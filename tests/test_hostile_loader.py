@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import every_backend
+from conftest import device_for, every_backend
 
 from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader
@@ -67,7 +67,7 @@ def test_a_zeroed_image_without_checksums_is_skipped_not_decoded(tiny_dataset, t
     m["integrity"] = {k: describe(data / k) for k in m["integrity"]}
     (data / "manifest.json").write_text(json.dumps(m))
     cfg = LoaderConfig(data=str(data), backend=backend, size=16, batch_size=32, workers=1,
-                       device="cpu", shuffle=False)
+                       device=device_for(backend), shuffle=False)
     loader = build_loader(cfg)
     loader.set_epoch(0)
     first = next(iter(loader))

@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import signal
-import threading
 import time
 
 import pytest
@@ -167,32 +166,33 @@ def test_a_torn_last_metrics_line_is_dropped_and_a_damaged_one_named(finished, t
     assert rc == 1 and f"{run / 'metrics.jsonl'}, line 2" in err and "Traceback" not in err
 
 
-def _term_at(run, step):
-    """SIGTERM this process once metrics.jsonl reaches ``step`` (the trainer's handler
-    turns it into a checkpoint and a stop after the step in progress)."""
-    def watch():
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            path = run / "metrics.jsonl"
-            if path.is_file() and path.read_text().count("\n") >= step:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.01)
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    return t
+def _term_at(monkeypatch, step):
+    """SIGTERM this process as the trainer logs ``step`` (its handler turns it into a
+    checkpoint and a stop at the next logged step). From inside the log write, not a
+    thread polling metrics.jsonl: the test failed that way on an H200 (its traceback
+    was lost with the time-limited run), where this run's 14 small steps can end
+    before a polling thread's turn comes; here the signal follows the write."""
+    from trainer import runlog
+
+    write = runlog.Metrics.write
+
+    def write_then_term(self, record):
+        write(self, record)
+        if record.get("step") == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runlog.Metrics, "write", write_then_term)
 
 
 def test_after_sigterm_the_backbone_is_the_checkpoints_and_the_resume_line_is_quoted(
-        finished, tmp_path, capsys):
+        finished, tmp_path, capsys, monkeypatch):
     """A finished 2-step run resumed towards 40 steps and stopped by SIGTERM: backbone.pt
     must be the new checkpoint's weights (it was the step-2 backbone next to a later
     checkpoint), and the printed resume command must survive a shell (a space and a $
     in the folder name)."""
     run = _copy(finished, tmp_path, "my run $HOME")
-    watcher = _term_at(run, 4)
+    _term_at(monkeypatch, 4)
     rc = trainer_run.main(["--out", str(run), "--resume", "--max-steps", "40", "--no-progress"])
-    watcher.join()
     err = capsys.readouterr().err
     assert rc == 128 + signal.SIGTERM, err
     said = [ln for ln in err.splitlines() if "SIGTERM" in ln][0]

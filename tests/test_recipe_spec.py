@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from agreement import sources, view_psnrs
-from conftest import backends_here
+from conftest import backends_here, device_for
 
 from pipelines.build import LoaderConfig, build_loader
 from pipelines.recipe import from_spec, preset, to_spec
@@ -48,7 +48,7 @@ def test_every_backend_follows_the_recipe(small_dataset):
         loader = build_loader(LoaderConfig(data=str(small_dataset), backend=backend,
                                            preset="augself", size=24, recipe=SPEC,
                                            batch_size=32, workers=1, keep_raw=True,
-                                           shuffle=False, device="cpu"))
+                                           shuffle=False, device=device_for(backend)))
         loader.set_epoch(0)
         return loader.recipe, [b for _, b in zip(range(2), loader)]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from agreement import noise_and_ramps, sources, view_psnrs
-from conftest import backends_here
+from conftest import backends_here, device_for
 
 from pipelines import photometric, photometric_cpu, reference, sampling
 from pipelines.build import LoaderConfig, build_loader
@@ -98,7 +98,7 @@ def test_every_backend_emits_and_applies_the_turns(small_dataset):
         loader = build_loader(LoaderConfig(data=str(small_dataset), backend=backend,
                                            preset="augself", size=24, rotated_views=2,
                                            batch_size=32, workers=1, keep_raw=True,
-                                           shuffle=False, device="cpu"))
+                                           shuffle=False, device=device_for(backend)))
         loader.set_epoch(0)
         return loader.recipe, [b for _, b in zip(range(2), loader)]
 

@@ -17,6 +17,7 @@ mid-way resumes from its checkpoint), so a second run is quick.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -58,8 +59,11 @@ def prepare_data(out: Path, n_train: int, n_test: int, seed: int, quiet: bool = 
             print(f"[demo] reusing {dst}")
             continue
         print(f"[demo] converting {split} -> {dst}", flush=True)
+        # the demo trains from the records (dali-cpu); a .beton only where FFCV is
+        # installed, which most GPU machines do not have
+        no_beton = [] if importlib.util.find_spec("ffcv") else ["--no-beton"]
         rc = convert_dataset.main([str(images), "--split", split, "--out", str(dst),
-                                   "--write-mode", "raw", "--overwrite", "--quiet"])
+                                   "--write-mode", "raw", "--overwrite", "--quiet", *no_beton])
         if rc:
             return rc
     return 0

@@ -282,7 +282,9 @@ class AugSelf(nn.Module):
                 err = torch.cat([err[:, :a], ce, err[:, b:]], 1)
             col = err.mean(0)                                 # each column's mean
             total = col @ self.col_weight                     # sum of weighted row means
-        logs = col.detach() @ self.member
+            # the rows' terms for the log, in fp32 too: under autocast this product
+            # ran in bf16 and logged each row to 3 digits (found on an H200 run)
+            logs = col.detach() @ self.member
         out = {f"augself/{r.field}": logs[i] for i, r in enumerate(self.table)}
         out["augself"] = total.detach()
         out["loss"] = total

@@ -135,7 +135,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if cfg.resume:
         _same_dataset(run_dir, cfg.data, data_id["data"])
     classes = datasets.check_labels(cfg.data)
-    backend = resolve_backend(cfg.backend, cfg.data)
+    backend = resolve_backend(cfg.backend, cfg.data,
+                              None if cfg.device == "auto" else cfg.device)
     lock = run_folder.claim(run_dir, cfg.resume, cfg.overwrite) if env.main else None
     try:
         return _train_in(cfg, env, run_dir, backend, classes, data_id)
