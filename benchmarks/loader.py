@@ -110,13 +110,17 @@ def main(argv=None) -> int:
                     results.setdefault((size, be), []).append(ips)
                     print(f"repeat {r} size {size} {be}: {ips:.0f} img/s", file=sys.stderr)
     gpu = torch.cuda.is_available()
-    if gpu:
-        stage = ("Photometric stage of dali/ffcv: batched torch on the GPU, "
-                 f"{'compiled with torch.compile' if a.compile else 'eager'}")
-    else:
-        stage = ("Photometric stage of dali-cpu/ffcv: pipelines/photometric_cpu.py's numba "
-                 "kernel (ffcv: inside its decode op, in the loader threads; dali-cpu: "
-                 "over the batch as it arrives)")
+    # the last stage each loader actually ran (after the Triton stage's self-check,
+    # which falls back to the torch stage): the one the figures are of
+    ran = {be: getattr(getattr(loaders[sizes[0], be], "finish", None), "stage", None)
+           for be in backends}
+    names = {"triton": "one Triton launch per view on the GPU",
+             "torch": "batched torch ops" + (", torch.compile" if a.compile else ", eager"),
+             "numba": "photometric_cpu.py's numba kernel on the host",
+             "done": "the numba kernel inside its decode op"}
+    stage = "Photometric stage as run: " + "; ".join(
+        f"{be} {'the reference ops per image, in its workers' if be == 'torchvision' else names.get(st, st)}"
+        for be, st in ran.items() if st)
     lines = ["## Loader throughput (benchmarks/loader.py)", "",
              f"Images/s, each image decoded once and giving 2 views with every parameter "
              f"(preset `augself`: crop, flip, colour jitter p 0.8, grayscale 0.2, blur p 0.5), "
@@ -136,8 +140,9 @@ def main(argv=None) -> int:
         lines.append(f"| {size} px | " + " | ".join(f"{med[be]:.0f}" for be in backends)
                      + f" | {ratio} |")
     section = "loader" + ("-gpu" if gpu else "") + ("-compile" if a.compile and gpu else "")
-    where = (f"GPU, {'compiled' if a.compile else 'eager'} torch photometric stage" if gpu
-             else "CPU, numba photometric stage")
+    where = ("GPU" if gpu else "CPU") + ", last stage " + \
+        ", ".join(sorted({st for be, st in ran.items() if st and be != "torchvision"})
+                  or ["reference ops"])
     if not a.no_write:
         plot = bar_plot(section, [f"{s} px" for s in sizes],
                         {be: [statistics.median(results[s, be]) for s in sizes]
