@@ -36,6 +36,63 @@ def test_schedule_warmup_then_cosine():
     assert optim.lr_at(100, total, warm, base) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_the_rate_is_zero_past_the_last_step():
+    """Past ``total`` (a run given more steps than its schedule) the cosine stays
+    at its end, 0, also when one step follows the warm-up."""
+    for total, warm in ((100, 10), (11, 10), (1, 0)):
+        for step in (total, total + 1, total + 7):
+            assert optim.lr_at(step, total, warm, 0.4) == pytest.approx(0.0, abs=1e-12), \
+                (step, total, warm)
+
+
+def test_set_lr_returns_the_scheduled_rate():
+    a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    opt = optim.build([{"params": [a], "fixed_lr": True}, {"params": [b], "fixed_lr": False},
+                       {"params": [c], "fixed_lr": True}], "sgd", 0.2, 0.9, 0.0)
+    assert optim.set_lr(opt, 50, 100, 0) == pytest.approx(0.1)  # not a fixed group's 0.2
+    fixed = optim.build([{"params": [a], "fixed_lr": True}], "sgd", 0.2, 0.9, 0.0)
+    assert optim.set_lr(fixed, 50, 100, 0) == 0.0
+
+
+@pytest.mark.parametrize("momentum,decay", [(0.5, 0.01), (0.9, 0.0)])
+def test_built_lars_is_lars_with_the_runs_momentum_decay_and_eta_1e3(momentum, decay):
+    """build("lars") against the per-parameter loop with the run's momentum and
+    decay and eta = 1e-3 (You et al.), two steps."""
+    g = torch.Generator().manual_seed(5)
+    start = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(2)]
+    ps = [torch.nn.Parameter(t.clone()) for t in start]
+    opt = optim.build([{"params": ps, "fixed_lr": False}], "lars", 0.3, momentum, decay)
+    assert isinstance(opt, optim.LARS)
+    ref = [t.clone().requires_grad_(False) for t in start]
+    bufs = [None, None]
+    for gs in grads:
+        for p, gr in zip(ps, gs):
+            p.grad = gr.clone()
+        opt.step()
+        for r, gr in zip(ref, gs):
+            r.grad = gr.clone()
+        _lars_per_parameter(ref, 0.3, momentum, decay, 1e-3, bufs)
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-6, atol=1e-7)
+
+
+def test_zero_momentum_keeps_the_buffers_a_state_already_has():
+    """A resumed optimiser's loaded state has its momentum; zero_momentum (first
+    masked step after the load) fills only the missing ones."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = optim.build([{"params": [a], "fixed_lr": False}, {"params": [b], "fixed_lr": False}],
+                      "sgd", 0.1, 0.9, 0.0)
+    a.grad = torch.full((3,), 2.0)
+    opt.step()  # a has a buffer, b none (no gradient)
+    again = optim.build([{"params": [a], "fixed_lr": False}, {"params": [b], "fixed_lr": False}],
+                        "sgd", 0.1, 0.9, 0.0)
+    again.load_state_dict(opt.state_dict())
+    optim.zero_momentum(again)
+    assert torch.equal(again.state[a]["momentum_buffer"], torch.full((3,), 2.0))
+    assert torch.equal(again.state[b]["momentum_buffer"], torch.zeros(2))
+
+
 def test_fixed_lr_groups_keep_their_rate():
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     opt = optim.build([{"params": [a], "fixed_lr": False}, {"params": [b], "fixed_lr": True}],

@@ -37,7 +37,9 @@ class LARS(torch.optim.Optimizer):
     optimiser): a 0-dim float tensor; where it is 1 the step changes nothing,
     decided on the device (trainer/masked.py)."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+    # eta 1e-3: the trust coefficient of You et al. and of BYOL's and SimCLR's LARS;
+    # momentum and decay have no default: build() always passes the run's
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float,
                  eta: float = 1e-3):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       eta=eta))
@@ -129,7 +131,8 @@ def step(optimizer, found_inf: torch.Tensor | None = None) -> None:
 
 
 def set_lr(optimizer, step: int, total: int, warmup: int) -> float:
-    """Set this step's rate on every scheduled group; returns it."""
+    """Set this step's rate on every scheduled group; returns it (0.0 when every
+    group keeps a fixed rate)."""
     now = 0.0
     for g in optimizer.param_groups:
         g["lr"] = g["base_lr"] if g["fixed_lr"] else lr_at(step, total, warmup, g["base_lr"])
