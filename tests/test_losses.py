@@ -158,3 +158,23 @@ def test_vicreg(z):
     small = (z[0] * 0.1).requires_grad_()
     losses.vicreg(small, z[1] * 0.1, 0, 1, 0).backward()
     assert small.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_losses_are_at_least_float32_and_keep_float64(dtype):
+    """bf16 activations give float32 losses (summed in float32); an fp64 run's stay
+    float64 (--precision fp64 is the reference the DDP tests compare in; a .float()
+    in SimCLR's, SwAV's, Barlow's and VICReg's losses made them float32 there)."""
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = (torch.randn(8, 6, generator=g).to(dtype) for _ in range(2))
+    queue = torch.nn.functional.normalize(torch.randn(5, 6, generator=g), dim=1).to(dtype)
+    scores = [torch.randn(8, 4, generator=g).to(dtype) for _ in range(2)]
+    codes = [losses.sinkhorn(s, 0.05, 3) for s in scores]
+    want = torch.float64 if dtype == torch.float64 else torch.float32
+    outs = {"nt_xent": losses.nt_xent(z1, z2, 0.2), "barlow": losses.barlow_twins(z1, z2, 5e-3),
+            "vicreg": losses.vicreg(z1, z2, 25, 25, 1), "sinkhorn": codes[0],
+            "swav": losses.swapped_prediction(codes, scores, 0.1)}
+    if dtype == torch.float64:  # these follow their inputs' dtype
+        outs["moco"] = losses.moco_infonce(z1, z2, queue, 0.2)
+        outs["cosine"] = losses.negative_cosine(z1, z2)
+    assert {k: v.dtype for k, v in outs.items()} == {k: want for k in outs}

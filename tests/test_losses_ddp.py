@@ -51,11 +51,86 @@ def test_two_ranks_equal_one_process(name, tmp_path):
     loss = CASES[name](z1, z2)
     loss.backward()
     ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    # float64 throughout (losses.wide keeps it): only the summation order differs
+    assert loss.dtype == torch.float64 and all(g["loss"].dtype == torch.float64 for g in ranks)
     mean = sum(g["loss"] for g in ranks) / WORLD
-    assert torch.allclose(mean, loss.detach().float(), rtol=1e-6)
+    torch.testing.assert_close(mean, loss.detach(), rtol=1e-12, atol=0)
     for r, got in enumerate(ranks):
         rows = slice(r * N // WORLD, (r + 1) * N // WORLD)
         if name != "nt_xent":
-            assert torch.allclose(got["loss"], loss.detach().float(), rtol=1e-6)
+            torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-12, atol=0)
         for g, want in ((got["g1"], z1.grad), (got["g2"], z2.grad)):
-            assert torch.allclose(g, WORLD * want[rows], rtol=1e-5, atol=1e-7), name
+            torch.testing.assert_close(g, WORLD * want[rows], rtol=1e-10, atol=1e-14)
+
+
+# MoCo and SwAV couple the ranks through state and codes rather than through the
+# loss's own arithmetic: MoCo enqueues the keys of the *global* batch (gathered in
+# rank order), SwAV's Sinkhorn normalises its codes over the global batch. Checked
+# on the methods themselves (tests/stepkit.py's small networks, float64, BN in eval
+# mode so that a sample's features do not depend on which rank holds it): the
+# ranks' mean loss is the single process's, the mean of their parameter gradients
+# (what DDP applies) is its gradient, and MoCo's queue after the step is its queue.
+B = 8
+
+
+def _method(name: str):
+    import stepkit
+
+    objective, _, _, recipe = stepkit.build(name, "none")
+    objective = objective.double().eval()
+    batch = stepkit.batch(recipe, 3, b=B)
+    batch.views = [x.double() for x in batch.views]
+    return objective, batch
+
+
+def _rows(batch, lo: int, hi: int):
+    from pipelines.batch import Batch
+
+    return Batch([x[lo:hi] for x in batch.views], {k: t[lo:hi] for k, t in batch.params.items()},
+                 batch.labels[lo:hi], batch.index[lo:hi])
+
+
+def _step(objective, batch) -> dict:
+    out = objective(batch)
+    out["loss"].backward()
+    objective.after_step(0.5)
+    grads = {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
+    state = {k: v.clone() for k, v in objective.state_dict().items() if "queue" in k}
+    return {"loss": out["loss"].detach(), "grads": grads, "state": state}
+
+
+def _method_rank(rank: int, port: int, name: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    td.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        objective, batch = _method(name)
+        torch.save(_step(objective, _rows(batch, rank * B // WORLD, (rank + 1) * B // WORLD)),
+                   f"{out}.{rank}")
+    finally:
+        td.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["moco", "swav"])
+def test_moco_queue_and_swav_codes_over_two_ranks_equal_one_process(name, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "r")
+    mp.spawn(_method_rank, args=(port, name, out), nprocs=WORLD, join=True)
+    objective, batch = _method(name)
+    want = _step(objective, batch)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    # float64: what differs is summation order, ~1e-16 relative
+    mean = sum(r["loss"] for r in ranks) / WORLD
+    torch.testing.assert_close(mean, want["loss"], rtol=1e-12, atol=0)
+    assert ranks[0]["grads"].keys() == want["grads"].keys() and want["grads"]
+    for k, g in want["grads"].items():
+        got = sum(r["grads"][k] for r in ranks) / WORLD
+        torch.testing.assert_close(got, g, rtol=1e-9, atol=1e-12 * g.abs().max().item(),
+                                   msg=lambda m, k=k: f"{name} {k}: {m}")
+    if name == "moco":  # every rank holds the global batch's keys, in rank order
+        assert want["state"]["method.queue_ptr"].item() == B
+        for r in ranks:
+            assert torch.equal(r["state"]["method.queue_ptr"], want["state"]["method.queue_ptr"])
+            torch.testing.assert_close(r["state"]["method.queue"], want["state"]["method.queue"],
+                                       rtol=1e-12, atol=1e-14)

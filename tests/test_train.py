@@ -239,3 +239,25 @@ def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path, capsys):
                                           "--max-steps", "1")) == 1
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_the_online_probe_works_in_the_runs_precision(precision):
+    """The online linear probe (on by default) in the run's dtype: its loss is the
+    cross-entropy of its logits over the labelled samples, and its accuracy counts
+    them. It once cast features to float32 whatever the run, so every
+    --precision fp64 run with the probe failed at its first step."""
+    from trainer.objective import LinearProbe
+
+    dtype = {"fp32": torch.float32, "fp64": torch.float64}[precision]
+    torch.manual_seed(0)
+    probe = LinearProbe(6, 3).to(dtype)
+    feats = torch.randn(5, 6, dtype=dtype)
+    labels = torch.tensor([0, 2, -1, 1, 2])  # -1: unlabelled, left out
+    out = probe(feats, labels)
+    logits = feats @ probe.fc.weight.t() + probe.fc.bias
+    keep = labels >= 0
+    want = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    torch.testing.assert_close(out["loss"], want)
+    assert out["probe/acc"].item() == pytest.approx(
+        (logits[keep].argmax(1) == labels[keep]).float().mean().item())

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import losses
+
 
 class ESSL(nn.Module):
     """The rotation head on the views from ``first`` on (``extra_views`` of them):
@@ -47,6 +49,6 @@ class ESSL(nn.Module):
         turns = turns.transpose(0, 1).reshape(-1).long()  # view-major, as ``extra``
         logits = self.predictor(extra)
         with torch.autocast(logits.device.type, enabled=False):
-            loss = F.cross_entropy(logits.float(), turns)
+            loss = F.cross_entropy(losses.wide(logits), turns)
         acc = (logits.detach().argmax(1) == turns).float().mean()
         return {"loss": self.weight * loss, "essl": loss.detach(), "essl/acc": acc}

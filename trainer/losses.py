@@ -12,6 +12,14 @@ import torch.nn.functional as F
 from trainer import dist
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """At least float32: bf16/fp16 activations are widened for the loss's sums, and
+    an fp64 run (--precision fp64, the reference for numerical checks) stays fp64
+    (a plain .float() made its SwAV, SimCLR, Barlow, VICReg and E-SSL losses
+    float32: the two-rank SwAV check found 5e-7 where fp64 gives 1e-16)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam (Chen & He 2021, Eq. 1): -cos(p, stopgrad(z)), mean over the batch."""
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
@@ -27,7 +35,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     batch: each view's positive is its pair, its negatives all other 2N - 2 views.
     The mean is over this rank's 2n anchors; averaged over ranks by DDP it is the
     global mean. Used for EquiMod's equivariance loss too."""
-    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    z1, z2 = F.normalize(wide(z1), dim=-1), F.normalize(wide(z2), dim=-1)
     g1, g2 = dist.gather_with_grad(z1), dist.gather_with_grad(z2)
     keys = torch.cat([g1, g2])                              # (2N, d): all views, global
     n, big_n = len(z1), len(g1)
@@ -59,7 +67,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
     distributed_sinkhorn): Q = exp(scores / eps), then alternately normalise the
     prototype rows to 1/K and the sample columns to 1/N over the *global* batch.
     scores (n, K) -> codes (n, K), each row summing to 1."""
-    s = scores.float() / epsilon
+    s = wide(scores) / epsilon
     s = s - dist.all_reduce_max(s.max())            # same shift on every rank: exp cannot overflow
     q = torch.exp(s).t()                            # (K, n)
     # torch.full, not torch.tensor(.., device=cuda): a fill kernel, not a blocking copy
@@ -80,7 +88,7 @@ def swapped_prediction(codes: list[torch.Tensor], scores: list[torch.Tensor],
     code's loss1 + loss2)."""
     total = 0.0
     for i, q in enumerate(codes):
-        terms = [-(q * F.log_softmax(s.float() / temperature, dim=1)).sum(1).mean()
+        terms = [-(q * F.log_softmax(wide(s) / temperature, dim=1)).sum(1).mean()
                  for v, s in enumerate(scores) if v != i]
         total = total + sum(terms) / len(terms)
     return total
@@ -104,7 +112,7 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tens
     """Barlow Twins (Zbontar et al. 2021, Eq. 1): C = Z1'^T Z2' / N, the
     cross-correlation of the batch-standardised embeddings over the global
     batch; loss = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2."""
-    z1, z2 = z1.float(), z2.float()
+    z1, z2 = wide(z1), wide(z2)
     c = dist.sum_with_grad(_standardise(z1).t() @ _standardise(z2)) / _global_count(z1)
     diag = torch.diagonal(c)
     return (1 - diag).pow(2).sum() + lambd * (c.pow(2).sum() - diag.pow(2).sum())
@@ -130,6 +138,6 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim: float, var: float,
     + cov * (c(Z) + c(Z')), with every term over the *global* batch (the
     embeddings of all ranks gathered with gradient, as the reference code does);
     the paper's coefficients are 25, 25, 1."""
-    z1, z2 = dist.gather_with_grad(z1.float()), dist.gather_with_grad(z2.float())
+    z1, z2 = dist.gather_with_grad(wide(z1)), dist.gather_with_grad(wide(z2))
     return (sim * F.mse_loss(z1, z2) + var * (_variance_term(z1) + _variance_term(z2))
             + cov * (_covariance_term(z1) + _covariance_term(z2)))

@@ -26,7 +26,9 @@ class LinearProbe(nn.Module):
         self.fc = nn.Linear(features, num_classes)
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.fc(feats.detach().float())
+        # the probe's own dtype: float32, float64 in an fp64 run (a fixed .float()
+        # made every --precision fp64 run with the probe fail at its first step)
+        logits = self.fc(feats.detach().to(self.fc.weight.dtype))
         known = labels >= 0
         n = known.sum().clamp(min=1)
         loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
