@@ -20,8 +20,9 @@ float32): at most 6.9e-5 of a tensor's largest value (SwAV, a first-block BN
 bias), 3e-8 absolute on tensors that are ~0 (biases ahead of a BN, which get no
 gradient), the logged loss within 2e-7 relative. Bound: 1e-3 x the tensor's
 largest value + 1e-6 (14x and 30x the measured), the loss at each step within
-1e-5 relative. A gradient summed instead of averaged, an unsynchronised BN or a
-rank reading the other's rows moves weights by ~1e-2 of their size. Before, the
+1e-5 relative. Checked by breaking it: without SyncBN (systems.prepare not
+converting) SimSiam's stem weights land 2.6e-2 away against a bound of 2.2e-4, and
+MoCo's queue 1.5e-1 against 3.7e-4. Before, the
 runs were fp32 with a noise floor from a second and a third run (one thread,
 fp64), and the bound was 4x the largest drift of any tensor (up to ~8e-2 on every
 weight); under xdist the one-thread reference could be the run under test itself.
