@@ -45,7 +45,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutation"
 SAMPLING_TESTS = ["tests/test_pipeline_sampling.py::test_crop_sampler_matches_torchvision",
                   "tests/test_pipeline_sampling.py::test_rates_and_uniform_factors",
-                  "tests/test_pipeline_sampling.py::test_counter_uniforms_equal_a_naive_lowbias32"]
+                  "tests/test_pipeline_sampling.py::test_counter_uniforms_equal_a_naive_lowbias32",
+                  "tests/test_pipeline_sampling.py::test_crop_box_is_the_algorithm_written_out",
+                  "tests/test_pipeline_sampling.py::test_crop_box_falls_back_to_the_centre_crop",
+                  "tests/test_pipeline_sampling.py::"
+                  "test_crop_params_are_the_boxes_fractions_of_the_source",
+                  "tests/test_pipeline_sampling.py::"
+                  "test_sample_rest_is_each_slot_drawn_as_the_recipe_says",
+                  "tests/test_pipeline_order.py::test_batched_crop_boxes_equal_per_sample_crop_box"]
 
 
 @dataclass(frozen=True)

@@ -279,3 +279,121 @@ def test_counter_uniforms_equal_a_naive_lowbias32():
     assert (cr.SLOT_FLIP, cr.SLOT_JITTER, cr.SLOT_COLOR, cr.SLOT_GRAY, cr.SLOT_BLUR,
             cr.SLOT_SIGMA, cr.SLOT_SOLARIZE, cr.SLOT_ROT, cr.SLOT_ROT_SHARED) == (
         32, 33, 34, 38, 39, 40, 41, 42, 43)
+
+
+# --- each draw against the same draw written out from the counter uniforms ------
+# (a naive reference: the algorithm as torchvision and the recipe state it, reading
+# the uniforms by slot; the distribution tests above cannot see a slot swapped for
+# another of the same law, an off-by-one in a position, or a constant changed)
+
+def _naive_box(h, w, scale, ratio, seed, epoch, index, view):
+    """torchvision's RandomResizedCrop.get_params with counter uniforms: 10 tries of
+    area ~ U(scale) and log aspect ~ U(log ratio) (slots 2k, 2k+1), sides rounded,
+    top/left uniform over the places the box fits (slots 20, 21), else the centre
+    crop at the ratio range's nearest end."""
+    import pipelines.counter_rng as cr
+
+    def u(slot):
+        return cr.uniform_np(seed, epoch, index, view, slot)
+
+    for k in range(10):
+        target = h * w * (scale[0] + (scale[1] - scale[0]) * u(2 * k))
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0]))
+                          * u(2 * k + 1))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(u(20) * (h - ch + 1)), int(u(21) * (w - cw + 1)), ch, cw
+    if w / h < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif w / h > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        ch, cw = h, w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (32, 32), (120, 160), (17, 300), (300, 17)])
+def test_crop_box_is_the_algorithm_written_out(hw):
+    h, w = hw
+    for name in ("augself", "swav"):
+        for v, vr in enumerate(preset(name).views[:3]):
+            assert crop_args(vr) == (vr.scale[0], vr.scale[1], math.log(vr.ratio[0]),
+                                     math.log(vr.ratio[1]))
+            for i in range(150):
+                got = crop_box(h, w, *crop_args(vr), 5, 2, i, v)
+                assert got == _naive_box(h, w, vr.scale, vr.ratio, 5, 2, i, v), (name, v, i)
+                assert all(isinstance(x, int) for x in got)
+
+
+@pytest.mark.parametrize("hw,scale,ratio,want", [
+    ((10, 100), (0.9, 1.0), (0.9, 1.1), (0, 44, 10, 11)),   # too wide: h, w = h x max ratio
+    ((100, 10), (0.9, 1.0), (0.9, 1.1), (44, 0, 11, 10)),   # too tall: w, h = w / min ratio
+    ((40, 50), (2.0, 3.0), (0.75, 4 / 3), (0, 0, 40, 50)),  # no try fits, ratio in range
+])
+def test_crop_box_falls_back_to_the_centre_crop(hw, scale, ratio, want):
+    h, w = hw
+    args = (scale[0], scale[1], math.log(ratio[0]), math.log(ratio[1]))
+    for i in range(20):
+        assert crop_box(h, w, *args, 0, 0, i, 0) == want
+
+
+def test_crop_params_are_the_boxes_fractions_of_the_source():
+    from pipelines.sampling import crop_fields, crop_params
+
+    got = crop_params((3, 5, 20, 40), 60, 80)
+    assert got.dtype == np.float32
+    assert got.tolist() == np.array([3 / 60, 5 / 80, 20 / 60, 40 / 80], np.float32).tolist()
+    boxes = np.array([[[3, 5, 20, 40], [0, 0, 60, 80]], [[1, 2, 3, 4], [7, 0, 9, 9]]])
+    heights, widths = np.array([60, 10]), np.array([80, 12])
+    fields = crop_fields(boxes, heights, widths)
+    assert fields.dtype == np.float32 and fields.shape == (2, 2, 4)
+    for b in range(2):
+        for v in range(2):
+            assert fields[b, v].tolist() == crop_params(boxes[b, v], heights[b],
+                                                        widths[b]).tolist()
+
+
+def test_sample_rest_is_each_slot_drawn_as_the_recipe_says():
+    """Every drawn field from its own counter slot: flip, the jitter coin and its four
+    factors (identity 1, 1, 1, 0 when the coin says no), grayscale, the blur coin and
+    its sigma (0 when off), solarize, quarter turns (0 unless the view rotates)."""
+    import dataclasses
+
+    import pipelines.counter_rng as cr
+
+    idx = torch.arange(600)
+    base = dataclasses.replace(preset("byol").views[1], jitter_p=0.7, gray_p=0.3, blur_p=0.4,
+                               solarize_p=0.25, flip_p=0.6, blur_sigma=(0.3, 1.7))
+    for v, vr in enumerate([base, dataclasses.replace(base, rotate=True),
+                            dataclasses.replace(base, rotate=True, rotate_shift=3)]):
+        p = sample_rest(vr, 11, 4, idx, v)
+
+        def u(slot, v=v):
+            return cr.uniform_torch(11, 4, idx, v, slot)
+
+        def coin(slot, prob):
+            return (u(slot) < prob).float()
+
+        assert torch.equal(p["flip"][:, 0], coin(cr.SLOT_FLIP, vr.flip_p))
+        on = coin(cr.SLOT_JITTER, vr.jitter_p) > 0
+        for k, ((lo, hi), ident) in enumerate(zip(vr.color_ranges(), (1.0, 1.0, 1.0, 0.0))):
+            want = torch.where(on, lo + (hi - lo) * u(cr.SLOT_COLOR + k), torch.tensor(ident))
+            assert torch.equal(p["color"][:, k], want), k
+        assert torch.equal(p["gray"][:, 0], coin(cr.SLOT_GRAY, vr.gray_p))
+        lo, hi = vr.blur_sigma
+        sigma = (lo + (hi - lo) * u(cr.SLOT_SIGMA)) * coin(cr.SLOT_BLUR, vr.blur_p)
+        assert torch.equal(p["blur"][:, 0], sigma)
+        assert torch.equal(p["solarize"][:, 0], coin(cr.SLOT_SOLARIZE, vr.solarize_p))
+        if not vr.rotate:
+            want = torch.zeros(len(idx))
+        elif vr.rotate_shift < 0:
+            want = torch.floor(u(cr.SLOT_ROT) * 4)
+        else:  # the sample's shared turn (view 0's slot), shifted
+            shared = torch.floor(cr.uniform_torch(11, 4, idx, 0, cr.SLOT_ROT_SHARED) * 4)
+            want = (shared + vr.rotate_shift) % 4
+        assert torch.equal(p["rot"][:, 0], want), v
+        from pipelines.params import DRAWN, FIELDS
+        assert list(p) == list(DRAWN)
+        assert all(p[k].dtype == torch.float32 and p[k].shape == (len(idx), FIELDS[k]) for k in p)
+        # and every field does vary (the coins are neither always on nor always off)
+        assert 0 < on.float().mean() < 1 and p["rot"].unique().numel() in (1, 4)
