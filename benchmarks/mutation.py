@@ -78,7 +78,8 @@ MODULES = [
            tuple(f"trainer.augself.x_{f}__mutmut_*" for f in _AUGSELF_TARGETS)
            + ("trainer.augself.xǁAugSelfǁtargets__mutmut_*",)),
     Module("reference", "pipelines/reference.py",
-           ("tests/test_pipeline_agreement.py::test_batched_photometric_equals_reference_ops",)),
+           ("tests/test_reference.py",
+            "tests/test_pipeline_agreement.py::test_batched_photometric_equals_reference_ops")),
 ]
 
 # Imported by the fork server before it forks a mutant's process: third-party
