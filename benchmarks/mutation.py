@@ -71,7 +71,7 @@ _AUGSELF_TARGETS = ("crop_code", "color_code", "_crop", "_color", "_same_flip", 
 MODULES = [
     Module("counter_rng", "pipelines/counter_rng.py", tuple(SAMPLING_TESTS)),
     Module("params", "pipelines/params.py", ("tests/test_params.py", "tests/test_aux.py")),
-    Module("losses", "trainer/losses.py", ("tests/test_losses.py",)),
+    Module("losses", "trainer/losses.py", ("tests/test_losses.py", "tests/test_losses_ddp.py")),
     Module("optim", "trainer/optim.py", ("tests/test_optim.py",)),
     Module("sampling", "pipelines/sampling.py", tuple(SAMPLING_TESTS)),
     Module("augself", "trainer/augself.py", ("tests/test_aux.py",),
