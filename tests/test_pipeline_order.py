@@ -70,6 +70,7 @@ def test_batched_crop_boxes_equal_per_sample_crop_box(name):
     widths = np.concatenate([g.integers(8, 600, 300), [500, 3, 40, 1]])
     index = g.integers(0, 10**7, len(heights))
     got = sampling.crop_boxes(heights, widths, recipe.views, 13, 4, index)
+    assert got.dtype == np.int64 and got.shape == (len(index), len(recipe.views), 4)
     for b in range(len(index)):
         for v, vr in enumerate(recipe.views):
             want = sampling.crop_box(int(heights[b]), int(widths[b]), *sampling.crop_args(vr),
