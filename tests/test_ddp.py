@@ -15,12 +15,11 @@ after the loader, losses; trainer/losses.wide) with one thread each
 float32 rendering changes with the thread count), so the only difference left is
 the order of the cross-rank sums (DDP's gradient average, SyncBN's statistics,
 the gathers), ~1e-16 relative, which 4 steps of training amplify. Measured
-2026-11-30 over these cases (4 steps; before losses.wide, with some losses still
-float32): at most 6.9e-5 of a tensor's largest value (SwAV, a first-block BN
-bias), 3e-8 absolute on tensors that are ~0 (biases ahead of a BN, which get no
-gradient), the logged loss within 2e-7 relative. Bound: 1e-3 x the tensor's
-largest value + 1e-6 (14x and 30x the measured), the loss at each step within
-1e-5 relative. Checked by breaking it: without SyncBN (systems.prepare not
+2026-11-30 over these cases (4 steps, float64 throughout): at most 6.8e-5 of a
+tensor's largest value (SwAV, a first-block BN bias), 3e-8 absolute on tensors
+that are ~0 (biases ahead of a BN, which get no gradient), the logged loss within
+1.2e-7 relative. Bound: 1e-3 x the tensor's largest value + 1e-6 (15x and 30x the
+measured), the loss at each step within 1e-5 relative (80x). Checked by breaking it: without SyncBN (systems.prepare not
 converting) SimSiam's stem weights land 2.6e-2 away against a bound of 2.2e-4, and
 MoCo's queue 1.5e-1 against 3.7e-4. Before, the
 runs were fp32 with a noise floor from a second and a third run (one thread,
