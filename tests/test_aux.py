@@ -254,3 +254,26 @@ def test_equimod_loss_matches_naive_infonce():
         pos = sims[(i + n) % (2 * n)]
         total += -(pos - math.log(sum(math.exp(s) for k, s in enumerate(sims) if k != i)))
     assert got == pytest.approx(total / (2 * n), rel=1e-5)
+
+
+def test_targets_read_the_first_two_views_of_a_multi_view_batch_and_fit_an_fp64_run():
+    """SwAV's multi-crop and E-SSL's rotated views put more than two views in the
+    Batch: AugSelf's targets are those of views 1 and 2 alone. In an fp64 run the
+    head is float64 and the parameters stay float32 (the Batch contract): the
+    targets are the float32 ones, widened."""
+    table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
+                                           "solarize", "rot")})
+    recipe = preset("swav", 32)
+    assert recipe.num_views > 2
+    g = torch.Generator().manual_seed(9)
+    params = identity(5, recipe.num_views)
+    for k in params:
+        params[k] += torch.rand(params[k].shape, generator=g)
+    params["rot"] = torch.randint(0, 4, (5, recipe.num_views, 1), generator=g).float()
+    head = AugSelf(8, table, recipe, hidden=16)
+    two = {k: t[:, :2].contiguous() for k, t in params.items()}
+    want = head.targets(two)
+    assert torch.equal(head.targets(params), want)
+    wide = head.double().targets(params)
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, want.double(), rtol=1e-6, atol=1e-6)
