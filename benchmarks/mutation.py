@@ -23,6 +23,7 @@ Settings every module shares, and why:
     python -m benchmarks.mutation                 # every module
     python -m benchmarks.mutation losses optim    # some
     python -m benchmarks.mutation --list          # the table below
+    python -m benchmarks.mutation augself --only 'trainer.augself.x_rows__mutmut_*'
 
 Prints one score row per module (killed + timeout over mutants run) and the
 surviving mutants' names; ``mutmut show NAME`` in build/mutation/<name>/
@@ -172,6 +173,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-children", type=int, default=1)
     ap.add_argument("--target", type=float, default=90.0, help="score %% a module must reach")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--only", action="append", default=[], metavar="GLOB",
+                    help="with one module: run only the mutants named (globs, repeatable), "
+                    "e.g. the survivors of a run after the tests that kill them; the score "
+                    "printed is of those alone")
     a = ap.parse_args(argv)
     by_name = {m.name: m for m in MODULES}
     if a.list:
@@ -181,6 +186,11 @@ def main(argv=None) -> int:
     unknown = [n for n in a.modules if n not in by_name]
     if unknown:
         ap.error(f"unknown module(s) {unknown}; choose from {sorted(by_name)}")
+    if a.only:
+        if len(a.modules) != 1:
+            ap.error("--only takes exactly one module")
+        import dataclasses
+        by_name[a.modules[0]] = dataclasses.replace(by_name[a.modules[0]], only=tuple(a.only))
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
     rows = []
     for name in a.modules or [m.name for m in MODULES]:

@@ -277,3 +277,22 @@ def test_targets_read_the_first_two_views_of_a_multi_view_batch_and_fit_an_fp64_
     wide = head.double().targets(params)
     assert wide.dtype == torch.float64
     torch.testing.assert_close(wide, want.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_rows_keep_the_weighted_ones_and_refuse_unknown_names():
+    """A row is in the table only when its weight is given and above 0 (a row left
+    out of ``weights`` weighs 0), with its kind of loss; an unknown name is
+    refused, named."""
+    assert augself.rows({}) == []
+    for field in ("crop", "color", "flip", "blur", "gray", "solarize", "rot"):
+        (row,) = augself.rows({field: 0.5})
+        assert (row.field, row.weight) == (field, 0.5)
+    kinds = {r.field: (r.width, r.loss) for r in augself.rows(
+        {k: 1.0 for k in ("crop", "color", "flip", "blur", "gray", "solarize", "rot")})}
+    assert kinds == {"crop": (4, "mse_tanh"), "color": (4, "mse_tanh"), "flip": (1, "bce"),
+                     "blur": (1, "mse_tanh"), "gray": (1, "mse_tanh"),
+                     "solarize": (1, "mse_tanh"), "rot": (4, "ce")}
+    with pytest.raises(ValueError, match=r"unknown AugSelf rows \['bogus', 'hue'\]"):
+        augself.rows({"crop": 1.0, "hue": 1.0, "bogus": 1.0})
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        augself.Row("crop", 4, "mse", 1.0, augself._crop)

@@ -101,6 +101,12 @@ class Row:
     weight: float
     target: Target   # the definition: view a minus view b (or same-or-not, for bce)
 
+    def __post_init__(self):
+        # the head treats any kind but "bce" and "ce" as "mse_tanh": a misspelt kind
+        # would silently train as a regression
+        if self.loss not in ("mse_tanh", "bce", "ce"):
+            raise ValueError(f"AugSelf row {self.field!r}: unknown loss {self.loss!r}")
+
 
 def rows(weights: dict[str, float]) -> list[Row]:
     """The table with the given weights; rows with weight 0 are left out."""
