@@ -322,7 +322,8 @@ def _fresh_box():
     return make_crop_box(cr.uniform_np)
 
 
-@pytest.mark.parametrize("hw", [(375, 500), (32, 32), (120, 160), (17, 300), (300, 17)])
+@pytest.mark.parametrize("hw", [(375, 500), (32, 32), (120, 160), (17, 300), (300, 17),
+                                (3, 3), (2, 5), (1, 1)])  # boxes of 1 or 0 px tried there
 def test_crop_box_is_the_algorithm_written_out(hw):
     h, w = hw
     box = _fresh_box()
