@@ -35,7 +35,7 @@ def photometric(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Everything after the geometry, on (3, S, S) float in [0, 1]."""
     if float(p["flip"][0]) > 0.5:
         x = F.horizontal_flip(x)
-    turns = int(p["rot"][0]) if "rot" in p else 0  # quarter turns counter-clockwise
+    turns = int(p["rot"][0])  # quarter turns counter-clockwise (every view has the field)
     if turns:
         x = torch.rot90(x, turns, dims=(-2, -1))
     b, c, s, h = (float(v) for v in p["color"])
