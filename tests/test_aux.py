@@ -296,3 +296,15 @@ def test_rows_keep_the_weighted_ones_and_refuse_unknown_names():
         augself.rows({"crop": 1.0, "hue": 1.0, "bogus": 1.0})
     with pytest.raises(ValueError, match="unknown loss 'mse'"):
         augself.Row("crop", 4, "mse", 1.0, augself._crop)
+
+
+def test_row_targets_stay_on_the_params_device():
+    """The row definitions make their constants (ranges, centres, classes) on the
+    parameters' device ("meta" standing in for a GPU: a CPU constant of more than
+    one value does not mix with it)."""
+    table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
+                                           "solarize", "rot")})
+    params = {k: t.to("meta") for k, t in identity(3, 2).items()}
+    got = augself.targets(table, params, preset("augself", 32))
+    assert set(got) == {r.field for r in table}
+    assert all(t.device.type == "meta" for t in got.values())

@@ -178,3 +178,19 @@ def test_losses_are_at_least_float32_and_keep_float64(dtype):
         outs["moco"] = losses.moco_infonce(z1, z2, queue, 0.2)
         outs["cosine"] = losses.negative_cosine(z1, z2)
     assert {k: v.dtype for k, v in outs.items()} == {k: want for k in outs}
+
+
+def test_losses_make_their_tensors_on_their_inputs_device():
+    """Every tensor a loss makes (indices, targets, counts) on its inputs' device:
+    on a GPU a CPU index or target raises, or costs a copy. The "meta" device
+    stands in for a GPU here: it mixes with CPU tensors as a GPU does (only 0-dim
+    CPU values are accepted)."""
+    z1, z2 = (torch.randn(6, 5, device="meta") for _ in range(2))
+    queue = torch.randn(7, 5, device="meta")
+    scores = [torch.randn(6, 4, device="meta") for _ in range(2)]
+    outs = [losses.negative_cosine(z1, z2), losses.byol_regression(z1, z2),
+            losses.nt_xent(z1, z2, 0.2), losses.moco_infonce(z1, z2, queue, 0.2),
+            losses.barlow_twins(z1, z2, 5e-3), losses.vicreg(z1, z2, 25, 25, 1),
+            losses.sinkhorn(scores[0], 0.05, 3),
+            losses.swapped_prediction([losses.sinkhorn(s, 0.05, 3) for s in scores], scores, 0.1)]
+    assert all(o.device.type == "meta" for o in outs)
