@@ -12,8 +12,10 @@ backend makes, so dali-gpu, dali-cpu, ffcv and torchvision emit the same samples
 with the same parameters, and W ranks see what one process sees. The graph
 decodes each image once and resizes V regions of it (antialiased linear, as
 torchvision's bilinear). Flip, colour, grayscale, blur and solarize are drawn
-with the counter RNG too and applied after: batched in torch on a GPU
-(pipelines/photometric.py), by photometric_cpu's numba kernel on a CPU device.
+with the counter RNG too and applied after: on a GPU by one Triton launch per view
+(pipelines/photometric_triton.py; the batched torch ops of pipelines/photometric.py
+when its first-batch self-check falls back), by photometric_cpu's numba kernel on a
+CPU device (pipelines/batch.py's Finisher picks the stage).
 
 Lifetime: the pipeline is built once, with the loader, and lives as long as it.
 The feeder's stream of batches runs on from one epoch into the next

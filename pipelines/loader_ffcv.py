@@ -3,7 +3,8 @@ decodes each image once, samples V crop boxes (torchvision's RandomResizedCrop
 algorithm, pipelines/sampling.py) and resizes each into its slot, writing the
 boxes to a side output as it crops. Flip, colour, blur and solarize are drawn
 in the op too (counter RNG, the same numbers as sampling.sample_rest) and, on a
-GPU, applied batched in torch on the device (pipelines/batch.py); on a CPU
+GPU, applied on the device by the Finisher's stage (pipelines/batch.py: one Triton
+launch per view, or the batched torch ops it falls back to); on a CPU
 device they are applied in the op itself, per view, by photometric_cpu's numba
 kernel, in the loader's threads (3.8x torchvision at 224 px on 2 cores: RESULTS.md).
 
@@ -294,7 +295,7 @@ class FfcvLoader(EpochLoader):
         self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
         self.rows_cell = photometric_cpu.recipe_rows(recipe)
         # On a CPU device the photometric stage runs in the op (the loader's
-        # threads) as photometric_cpu's kernel; on a GPU it runs batched in torch.
+        # threads) as photometric_cpu's kernel; on a GPU the Finisher's stage runs it.
         self.render_here = torch.device(device).type == "cpu"
         op = _multiview_op_class()(recipe, seed, self.epoch_cell, self.rows_cell,
                                    self.render_here, beton.crcs)

@@ -313,7 +313,8 @@ class VICReg(_Decorrelating):
 
 
 class Supervised(Method):
-    """Cross-entropy on the labels from every view (a baseline; -1 labels ignored)."""
+    """Cross-entropy on the labels from the first two views, averaged (a baseline;
+    -1 labels ignored; views after them are an auxiliary head's)."""
 
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
