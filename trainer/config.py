@@ -295,12 +295,17 @@ def validate(cfg: Config, where: str = "config") -> None:
     _check_together(cfg, where)
 
 
+def resolve_preset(cfg: Config) -> str:
+    """--preset auto: SwAV's multi-crop for --method swav, else AugSelf's. Here, where
+    the option is defined, so that the checks and the run resolve it alike."""
+    return cfg.preset if cfg.preset != "auto" else ("swav" if cfg.method == "swav" else "augself")
+
+
 def _check_together(cfg: Config, where: str) -> None:
     """What the values say together; each check names the keys involved. Before
     any work: the run folder is not created for a config refused here."""
     from pipelines.build import LoaderConfig, resolve_recipe
     from trainer.build import rotated_views
-    from trainer.run import resolve_preset
     extra, extra_size = rotated_views(cfg)
     try:  # the recipe as the loader will build it (pipelines/build.py)
         recipe = resolve_recipe(LoaderConfig(

@@ -36,15 +36,11 @@ from pipelines.checks import DamagedSample
 from pipelines.recipe import parse_jitter, to_spec
 from trainer import checkpoint, datasets, dist, optim, run_folder, systems
 from trainer.build import build_objective, rotated_views
-from trainer.config import Config, check_environment, from_argv, to_dict
+from trainer.config import Config, check_environment, from_argv, resolve_preset, to_dict
 from trainer.models import backbone_state_dict
 from trainer.runlog import Metrics, progress_bar, write_config
 from trainer.step import Tally, train_step  # noqa: F401 - train_step: also for tools, benchmarks
 from trainer.watch import Watch
-
-
-def resolve_preset(cfg: Config) -> str:
-    return cfg.preset if cfg.preset != "auto" else ("swav" if cfg.method == "swav" else "augself")
 
 
 def _state(objective, optimizer, scaler, step: int) -> dict:
