@@ -27,30 +27,40 @@ def _inputs():
     return [torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(2)]
 
 
-def _rank(rank: int, port: int, name: str, out: str) -> None:
+def _rank(rank: int, port: int, work, name: str, out: str) -> None:
+    """One gloo rank: ``work(rank, name)``'s dict saved to ``out.rank``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     td.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        z1, z2 = (z[rank * N // WORLD:(rank + 1) * N // WORLD].clone().requires_grad_()
-                  for z in _inputs())
-        loss = CASES[name](z1, z2)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}, f"{out}.{rank}")
+        torch.save(work(rank, name), f"{out}.{rank}")
     finally:
         td.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_two_ranks_equal_one_process(name, tmp_path):
+def _two_ranks(work, name: str, tmp_path) -> list[dict]:
+    """``work`` (a module-level function, so that spawn can send it) on WORLD ranks."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "r")
-    mp.spawn(_rank, args=(port, name, out), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(port, work, name, out), nprocs=WORLD, join=True)
+    return [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+
+
+def _loss_on_rows(rank: int, name: str) -> dict:
+    z1, z2 = (z[rank * N // WORLD:(rank + 1) * N // WORLD].clone().requires_grad_()
+              for z in _inputs())
+    loss = CASES[name](z1, z2)
+    loss.backward()
+    return {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_two_ranks_equal_one_process(name, tmp_path):
+    ranks = _two_ranks(_loss_on_rows, name, tmp_path)
     z1, z2 = (z.clone().requires_grad_() for z in _inputs())
     loss = CASES[name](z1, z2)
     loss.backward()
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
     # float64 throughout (losses.wide keeps it): only the summation order differs
     assert loss.dtype == torch.float64 and all(g["loss"].dtype == torch.float64 for g in ranks)
     mean = sum(g["loss"] for g in ranks) / WORLD
@@ -99,27 +109,16 @@ def _step(objective, batch) -> dict:
     return {"loss": out["loss"].detach(), "grads": grads, "state": state}
 
 
-def _method_rank(rank: int, port: int, name: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    td.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        objective, batch = _method(name)
-        torch.save(_step(objective, _rows(batch, rank * B // WORLD, (rank + 1) * B // WORLD)),
-                   f"{out}.{rank}")
-    finally:
-        td.destroy_process_group()
+def _method_on_rows(rank: int, name: str) -> dict:
+    objective, batch = _method(name)
+    return _step(objective, _rows(batch, rank * B // WORLD, (rank + 1) * B // WORLD))
 
 
 @pytest.mark.parametrize("name", ["moco", "swav"])
 def test_moco_queue_and_swav_codes_over_two_ranks_equal_one_process(name, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "r")
-    mp.spawn(_method_rank, args=(port, name, out), nprocs=WORLD, join=True)
+    ranks = _two_ranks(_method_on_rows, name, tmp_path)
     objective, batch = _method(name)
     want = _step(objective, batch)
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
     # float64: what differs is summation order, ~1e-16 relative
     mean = sum(r["loss"] for r in ranks) / WORLD
     torch.testing.assert_close(mean, want["loss"], rtol=1e-12, atol=0)
