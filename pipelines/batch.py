@@ -167,10 +167,7 @@ class Finisher:
         return x, raw
 
     def _to_device(self, host: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(host)
-        if self.device.type == "cuda":  # one pinned, asynchronous copy
-            t = t.pin_memory().to(self.device, non_blocking=True)
-        return t
+        return self._h2d(torch.from_numpy(host))  # one pinned, asynchronous copy on a GPU
 
     def _triton(self, crops, crop, labels, index, epoch) -> Batch:
         from pipelines import photometric_cpu, photometric_triton
