@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pipelines import photometric, triton_check
-from pipelines.params import DRAWN, DRAWN_AT, FIELDS, WIDTH, split
+from pipelines.params import DRAWN, DRAWN_AT, FIELDS, WIDTH, join, split
 from pipelines.recipe import Recipe
 from pipelines.sampling import sample_rest
 
@@ -62,11 +62,28 @@ def default_stage(device: torch.device) -> str:
 
 @dataclass
 class Batch:
+    """V views of B samples and the exact parameters behind each.
+
+    ``row`` is the one parameter tensor, float32 (B, V, params.WIDTH) on the
+    views' device, each view's values in FIELDS order: what the GPU stage's
+    kernels read and what the heads (AugSelf, EquiMod, condproj) take as input.
+    ``params[field]`` names its parts: (B, V, width) views of ``row``, never
+    copies. A Batch built by hand (tests, tools) may pass the fields as a dict;
+    they are joined once into a row here."""
     views: list[torch.Tensor]           # V x (B, 3, H_v, W_v), normalised, channels_last
-    params: dict[str, torch.Tensor]     # field -> float32 (B, V, width)
+    row: torch.Tensor                   # float32 (B, V, WIDTH); or field -> (B, V, width)
     labels: torch.Tensor                # int64 (B,), -1 where unlabelled
     index: torch.Tensor                 # int64 (B,), position in the dataset
     raw: list[torch.Tensor] | None = None  # V x uint8 (B, H, W, 3) before normalising, on request
+
+    def __post_init__(self):
+        if isinstance(self.row, dict):
+            self.row = join({k: self.row[k] for k in FIELDS})
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """field -> float32 (B, V, width): views of ``row`` (no copy, no kernel)."""
+        return split(self.row)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -75,8 +92,8 @@ class Batch:
         """The batch of its first ``n`` views (the ones a method trains on, when
         an auxiliary head alone looks at views appended after them): views, not
         copies."""
-        return Batch(self.views[:n], {k: t[:, :n] for k, t in self.params.items()},
-                     self.labels, self.index, self.raw[:n] if self.raw is not None else None)
+        return Batch(self.views[:n], self.row[:, :n], self.labels, self.index,
+                     self.raw[:n] if self.raw is not None else None)
 
 
 def _host(x) -> np.ndarray:
@@ -151,7 +168,7 @@ class Finisher:
               f"first batch: {what}; switching to the batched torch stage for this batch and "
               "the rest (slower)", file=sys.stderr)
         self.stage, self.apply = "torch", compiled_apply(self.compile)
-        return Batch(views, batch.params, batch.labels, batch.index, raws)
+        return Batch(views, batch.row, batch.labels, batch.index, raws)
 
     def torch_view(self, crop: torch.Tensor, p: dict[str, torch.Tensor], vr, apply):
         """One view by the torch stage: uint8 (B, S, S, 3) crops and its drawn
@@ -191,9 +208,8 @@ class Finisher:
                                              self.keep_raw)
             views.append(y)
             raw.append(r)
-        fields = split(params)
         raws = [r.cpu() for r in raw] if self.keep_raw else None
-        return Batch(views, {k: fields[k] for k in FIELDS}, labels_d, index_d, raws)
+        return Batch(views, params, labels_d, index_d, raws)
 
     def _h2d(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor to the device without blocking the host: pinned, then an
