@@ -93,16 +93,34 @@ def _swav(size: int, small: int) -> Recipe:
 PRESETS = {"augself": _augself, "simclr": _simclr, "byol": _byol, "swav": _swav}
 
 
-def parse_jitter(text: str, name: str = "jitter") -> tuple[float, float, float, float]:
-    """'B,C,S,H' -> the four strengths, each in its range (JITTER)."""
-    try:
-        vals = tuple(float(x) for x in str(text).split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 4 or not all(r.admits(v) for r, v in zip(JITTER, vals)):
-        raise ValueError(f"{name}={shown(text, 100)} is out of range: expected 4 comma-separated "
-                         f"numbers {JITTER_TEXT}")
-    return vals  # type: ignore[return-value]
+def parse_numbers(value, ranges, name: str, expected: str) -> tuple[float, ...]:
+    """An option of len(ranges) numbers, each in its range, as a tuple of floats: written
+    "a,b,c" (the command line; a config.json written before such options were typed)
+    or as a list or tuple of numbers (a JSON or YAML file, a Config built in Python).
+    Anything else, a wrong count, or a number that is NaN, infinite or out of its
+    range is a ValueError of one line naming ``name``, quoting the value bounded
+    (cli.shown: a YAML alias bomb is not expanded) and saying ``expected``."""
+    vals = None
+    if isinstance(value, str):
+        parts = value.split(",")
+        if len(parts) == len(ranges):
+            try:
+                vals = [float(x) for x in parts]
+            except ValueError:
+                pass
+    elif isinstance(value, (list, tuple)) and len(value) == len(ranges):
+        vals = list(value)  # checked as they are: a bool or a string is no number here
+    if vals is None or not all(r.admits(v) for r, v in zip(ranges, vals)):
+        raise ValueError(f"{name}={shown(value, 100)} is out of range: expected {expected}")
+    return tuple(float(v) for v in vals)  # admitted, so finite and small: float() is exact
+
+
+def parse_jitter(value, name: str = "jitter") -> tuple[float, float, float, float]:
+    """'B,C,S,H' (or the four numbers as a list or tuple) -> the four strengths, each
+    in its range (JITTER). A tuple already parsed passes through unchanged, so a
+    caller holding either form gets the typed one."""
+    return parse_numbers(value, JITTER, name,  # type: ignore[return-value]
+                         f"4 comma-separated numbers {JITTER_TEXT}")
 
 
 def with_jitter(recipe: Recipe, jitter: tuple[float, float, float, float]) -> Recipe:
