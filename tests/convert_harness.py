@@ -100,7 +100,8 @@ def _forked(argv, patch=None, timeout: float = 60,
     """``cli.run(convert_dataset.main, ARGV)`` in a fork of this process, in a new
     session, after ``patch()`` ran there (only there): (status, stderr, seconds).
     stderr is the file descriptor itself, so that a worker's traceback counts."""
-    from tools import convert_dataset, wds_writer  # noqa: F401 - imported once, here
+    from conversion import wds_writer  # noqa: F401 - imported once, here
+    from tools import convert_dataset
     if HAVE_FFCV:
         import ffcv.fields  # noqa: F401
         import ffcv.reader  # noqa: F401
@@ -141,7 +142,8 @@ _PASS = {"second": False}  # in a forked child: set once the .beton pass starts
 def _on_read(path_suffix: str, second_pass: bool, action) -> None:
     """Patch (in a forked child): ``action(path)`` when the source reads the file
     ending in ``path_suffix`` during the records pass, or during the .beton pass."""
-    from tools import convert_dataset, sources
+    from conversion import sources
+    from tools import convert_dataset
 
     write_beton = convert_dataset.write_beton
 

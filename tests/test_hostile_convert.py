@@ -98,7 +98,7 @@ def _cifar10(root: Path, style: str, rng) -> tuple[np.ndarray, list[int]]:
 
 @pytest.mark.parametrize("style", ["py2", "2", "4", "5"])
 def test_cifar_pickles_load_and_a_payload_never_runs(tmp_path, style):
-    from tools.sources import SourceError, open_source
+    from conversion.sources import SourceError, open_source
 
     rng = np.random.default_rng(3)
     good = tmp_path / "good"
@@ -206,7 +206,7 @@ def test_hostile_files_with_strict_write_nothing(tmp_path):
 
 
 def test_image_declaring_too_many_pixels_is_refused_before_decoding():
-    from tools.image_decode import BadImage, load_rgb
+    from conversion.image_decode import BadImage, load_rgb
 
     # 1.44 Gpx: PIL merely warns (DecompressionBombWarning) below twice its limit.
     with pytest.raises(BadImage, match="too large: declares 38000x38000"):

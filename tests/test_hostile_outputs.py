@@ -1,4 +1,4 @@
-"""A tool replaces only what it wrote itself (tools/staging.py): make_synthetic's
+"""A tool replaces only what it wrote itself (conversion/staging.py): make_synthetic's
 --overwrite on a folder of the user's images, a user's file slipped into the
 tool's own output, a folder another process holds, a crash in the middle of a
 commit, a .partial-* folder that is not ours."""
@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tools import make_synthetic, staging
+from conversion import staging
+from tools import make_synthetic
 
 
 def _tree(folder):

@@ -19,7 +19,7 @@ manifest and on stderr; the exit status is 0 unless nothing valid was found or
 --strict was given. The source is read twice (records, then the .beton); a
 file that changes in between ends the conversion, named (both outputs must
 hold the same pixels). A worker that fails or dies ends it too, within seconds,
-naming its file (tools/convert_workers.py). Outputs are written under
+naming its file (conversion/workers.py). Outputs are written under
 temporary names and moved into place at the end: an interrupted or failed run
 leaves nothing under a final name, and Ctrl-C prints one line.
 """
@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from conversion import workers as cw
+from conversion.beton_pass import write_beton
+from conversion.image_decode import BadImage, encode, pixel_digest, pixels
+from conversion.sources import FORMATS, SourceError, open_source
+from conversion.staging import OutputError, StagedOutput
 from pipelines import cli
-from tools import convert_workers as cw
-from tools.beton_pass import write_beton
-from tools.image_decode import BadImage, encode, pixel_digest, pixels
-from tools.sources import FORMATS, SourceError, open_source
-from tools.staging import OutputError, StagedOutput
 
 TOOL_VERSION = "1.3"  # 1.1: record meta holds the image size too; 1.2: file integrity;
                       # 1.3: per-sample checksums (pipelines/checks.py)
@@ -193,7 +193,7 @@ def convert(args) -> dict:
 
     t0 = time.perf_counter()
     with staged as stage:
-        from tools.wds_writer import ShardWriter
+        from conversion.wds_writer import ShardWriter
         shards = None if args.no_records else ShardWriter(stage / "records", args.shard_size)
         valid, heights, widths, digests = [], [], [], []
         problems = list(getattr(source, "unreadable", []))

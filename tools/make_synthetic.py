@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from conversion import workers as cw
+from conversion.staging import OutputError, StagedOutput
 from pipelines import cli
-from tools import convert_workers as cw
-from tools.staging import OutputError, StagedOutput
 
 HUE_BIN = 30  # degrees; bin k covers [30k - 15, 30k + 15)
 COLOURS = {f"h{h:03d}": h for h in range(0, 360, HUE_BIN)}
@@ -174,7 +174,7 @@ def generate(out: str | Path, size=(64, 64), n_train=4000, n_test=1000, seed=0, 
                     (stage / split / class_name(c, s)).mkdir(parents=True)
         tasks = [(str(stage), seed, split, i, size, quality)
                  for split, n in counts.items() for i in range(n)]
-        # Supervised workers (tools/convert_workers.py): a worker that dies ends the
+        # Supervised workers (conversion/workers.py): a worker that dies ends the
         # run naming its image instead of a pool waiting forever for a lost task, and
         # Ctrl-C is the parent's one line, not every worker's traceback.
         n = workers or os.cpu_count() or 1

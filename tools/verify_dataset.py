@@ -83,7 +83,7 @@ def _why_different(record: bytes, beton: bytes, beton_jpeg: bool, hw: tuple[int,
     MIN_LUMA_PSNR where a side is lossy; never for two lossless sides."""
     from PIL import Image
 
-    from tools.image_decode import encode
+    from conversion.image_decode import encode
     record_jpeg = record[:2] == b"\xff\xd8"
     a = np.asarray(Image.open(io.BytesIO(record)).convert("RGB"))
     if beton_jpeg:

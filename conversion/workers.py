@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conversion.sources import SourceError
 from pipelines.cli import shown
-from tools.sources import SourceError
 
 FAILED_PREFIX = ".failed-"  # in the stage folder: one line from a worker that failed
 

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from conversion import workers as cw
+from conversion.image_decode import BadImage, pixel_digest, pixels
 from pipelines.cli import shown
-from tools import convert_workers as cw
-from tools.image_decode import BadImage, pixel_digest, pixels
 
 # How many samples one FFCV task holds (FFCV's chunksize).
 CHUNK = 256

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conversion.image_decode import MAX_PIXELS, BadImage
 from pipelines.cli import shown
-from tools.image_decode import MAX_PIXELS, BadImage
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm"}
