@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tools import demo_report
+from reports import demo as demo_report
 
 pytest.importorskip("matplotlib")
 

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from pipelines import cli
-from tools import convert_dataset, demo_report, make_synthetic
+from reports import demo as demo_report
+from tools import convert_dataset, make_synthetic
 
 RUNS = [("SimSiam", "none", "run-simsiam"), ("SimSiam + AugSelf", "augself", "run-simsiam-augself")]
 # Stronger hue jitter than the augself preset's 0.1 turn: +-0.2 turn (72 degrees,
