@@ -12,7 +12,7 @@ folder names) and its own factor values: a test split that lacks a class, or has
 one train has not, numbers the rest differently. Labels are therefore matched by
 name (``match``): the train split's names are the index space, a test sample
 whose name train lacks is left out of the scores and reported. Label -1 is an
-unlabelled sample (tools/sources.py) and is left out on both sides.
+unlabelled sample (conversion/sources.py) and is left out on both sides.
 """
 
 from __future__ import annotations
