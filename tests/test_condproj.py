@@ -3,11 +3,10 @@ depends on each view's parameters, gradients reach the augmentation encoder,
 the feature columns keep the projector's initialisation, and a momentum
 method's target projector is a conditioned copy that the momentum update moves."""
 
-import types
-
 import pytest
 import torch
 
+from pipelines.batch import Batch
 from pipelines.params import identity
 from trainer import condproj
 from trainer.methods import BYOL, Heads, MoCo, SimSiam, Supervised
@@ -20,7 +19,7 @@ def _batch(b=8, s=16, seed=0):
     params["crop"] = torch.rand(b, 2, 4, generator=g)
     params["color"] = 1 + 0.2 * torch.randn(b, 2, 4, generator=g)
     views = [torch.randn(b, 3, s, s, generator=g) for _ in range(2)]
-    return types.SimpleNamespace(views=views, params=params, labels=torch.zeros(b).long())
+    return Batch(views, params, torch.zeros(b).long(), torch.arange(b))
 
 
 def _method(cls):

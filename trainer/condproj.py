@@ -10,8 +10,9 @@ Composed around any method with a projector: ``install(method)`` widens the
 first layer of the method's projector and wraps it (with the encoder) in a
 ``Conditioned`` module; a method's target projector (BYOL, MoCo) becomes a copy
 of the wrapped online one, so the momentum update covers the encoder too.
-Methods call ``self.project(f, batch, v)`` (methods.Method), which passes view
-v's parameters when the projector is conditioned.
+Every projector is called alike, ``projector(f, row)`` with view v's parameter
+row (methods.Method.project): a plain one (methods.Projector) ignores the row,
+a ``Conditioned`` one reads it, so the method needs no test of which it holds.
 
 Sizes: the encoder is BN(W, no affine) standardising the W = params.WIDTH
 schema values (13: rotation included; as EquiMod's embedding does), then
@@ -31,7 +32,7 @@ from pipelines.params import WIDTH
 
 
 class Conditioned(nn.Module):
-    """projector(cat(features, encoder(params)))."""
+    """projector(cat(features, encoder(row))): called as methods.Projector is."""
 
     def __init__(self, projector: nn.Sequential, emb_dim: int):
         super().__init__()
@@ -52,9 +53,10 @@ class Conditioned(nn.Module):
                                      nn.Linear(WIDTH, emb_dim), nn.ReLU(),
                                      nn.Linear(emb_dim, emb_dim))
 
-    def forward(self, f: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        # parameters are float32 (the Batch contract); the weights' dtype may not be
-        e = self.encoder(params.to(self.encoder[1].weight.dtype))
+    def forward(self, f: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        # row: (B, WIDTH) view v's parameters, float32 (the Batch contract); the
+        # weights' dtype may not be
+        e = self.encoder(row.to(self.encoder[1].weight.dtype))
         return self.projector(torch.cat([f, e.to(f.dtype)], dim=1))
 
 

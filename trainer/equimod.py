@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipelines.params import WIDTH, flat
+from pipelines.params import WIDTH
 from trainer import losses
 from trainer.models import mlp
 
@@ -41,7 +41,7 @@ class EquiMod(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], batch) -> dict[str, torch.Tensor]:
         y1, y2 = self.projector(feats[0]), self.projector(feats[1])
-        p1, p2 = flat(batch.params, 0), flat(batch.params, 1)
+        p1, p2 = batch.row[:, 0], batch.row[:, 1]  # (B, WIDTH) each: views of the row
         pairs = torch.cat([torch.cat([p1, p2], 1), torch.cat([p2, p1], 1)], 0)
         # Parameters are float32 (the Batch contract), the embedding's weights too
         # but in an fp64 reference run: take the weights' dtype.

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.params import flat
 from trainer import dist, losses, masked
 from trainer.models import mlp
 
@@ -54,18 +53,33 @@ def _pick(value, default):
     return value if value else default
 
 
+class Projector(nn.Sequential):
+    """A method's projector: an mlp() called as every projector is, on a view's
+    features and its parameter row (B, params.WIDTH), which a plain one ignores and
+    a conditioned one (trainer/condproj.py) reads; one call, no test of which it is.
+    A Sequential of mlp()'s layers, so its state-dict keys are mlp()'s."""
+
+    def forward(self, f: torch.Tensor, row: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(f)
+
+
+def projector(*args, **kwargs) -> Projector:
+    """mlp(*args, **kwargs) as a Projector (the same layers, built alike)."""
+    return Projector(*mlp(*args, **kwargs))
+
+
 class Method(nn.Module):
     def __init__(self, backbone: nn.Module, features: int):
         super().__init__()
         self.backbone, self.features = backbone, features
 
     def project(self, f, batch, v: int):
-        """The projector on view v's features; a conditioned projector
-        (trainer/condproj.py) also gets view v's parameters."""
-        return _project(self.projector, f, batch, v)
+        """The projector on view v's features and its parameter row (a view of the
+        Batch's row, no copy), which only a conditioned projector reads."""
+        return self.projector(f, batch.row[:, v])
 
     def project_target(self, f, batch, v: int):
-        return _project(self.target_projector, f, batch, v)
+        return self.target_projector(f, batch.row[:, v])
 
     def encode(self, views):
         # One backbone call per view, as the reference code does: BN statistics
@@ -84,13 +98,6 @@ class Method(nn.Module):
     def forward_state(self) -> list[torch.Tensor]:
         """Tensors other than BN statistics that ``forward`` changes in place."""
         return []
-
-
-def _project(projector, f, batch, v: int):
-    from trainer.condproj import Conditioned
-    if isinstance(projector, Conditioned):
-        return projector(f, flat(batch.params, v))
-    return projector(f)
 
 
 @torch.no_grad()
@@ -114,8 +121,9 @@ class SimSiam(Method):
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
         d = _pick(h.proj_dim, 2048)
-        self.projector = mlp(features, _pick(h.proj_hidden, 2048), d,
-                             _pick(h.proj_layers, 3 if large_images else 2), last_bn=True)
+        self.projector = projector(features, _pick(h.proj_hidden, 2048), d,
+                                   _pick(h.proj_layers, 3 if large_images else 2),
+                                   last_bn=True)
         self.predictor = mlp(d, _pick(h.pred_hidden, d // 4), d, 2, last_bn=False)
 
     def param_groups(self):
@@ -138,8 +146,9 @@ class SimCLR(Method):
 
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
-        self.projector = mlp(features, _pick(h.proj_hidden, features), _pick(h.proj_dim, 128),
-                             _pick(h.proj_layers, 2), last_bn=False)
+        self.projector = projector(features, _pick(h.proj_hidden, features),
+                                   _pick(h.proj_dim, 128), _pick(h.proj_layers, 2),
+                                   last_bn=False)
         self.temperature = _pick(h.temperature, 0.2)
 
     def forward(self, batch):
@@ -157,8 +166,8 @@ class MoCo(Method):
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
         d = _pick(h.proj_dim, 128)
-        self.projector = mlp(features, _pick(h.proj_hidden, features), d,
-                             _pick(h.proj_layers, 2), last_bn=False)
+        self.projector = projector(features, _pick(h.proj_hidden, features), d,
+                                   _pick(h.proj_layers, 2), last_bn=False)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.temperature, self.m = _pick(h.temperature, 0.2), _pick(h.momentum, 0.999)
@@ -204,7 +213,7 @@ class BYOL(Method):
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
         d, hid = _pick(h.proj_dim, 256), _pick(h.proj_hidden, 4096)
-        self.projector = mlp(features, hid, d, _pick(h.proj_layers, 2), last_bn=False)
+        self.projector = projector(features, hid, d, _pick(h.proj_layers, 2), last_bn=False)
         self.predictor = mlp(d, _pick(h.pred_hidden, hid), d, 2, last_bn=False)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
@@ -237,8 +246,8 @@ class SwAV(Method):
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
         d = _pick(h.proj_dim, 128)
-        self.projector = mlp(features, _pick(h.proj_hidden, 2048), d,
-                             _pick(h.proj_layers, 2), last_bn=False)
+        self.projector = projector(features, _pick(h.proj_hidden, 2048), d,
+                                   _pick(h.proj_layers, 2), last_bn=False)
         self.prototypes = nn.Linear(d, h.prototypes, bias=False)
         self.temperature, self.freeze = _pick(h.temperature, 0.1), h.freeze_prototypes
 
@@ -280,8 +289,9 @@ class _Decorrelating(Method):
     def __init__(self, backbone, features, h: Heads, large_images: bool):
         super().__init__(backbone, features)
         width = 8192 if large_images else 2048
-        self.projector = mlp(features, _pick(h.proj_hidden, width), _pick(h.proj_dim, width),
-                             _pick(h.proj_layers, 3), last_bn=False)
+        self.projector = projector(features, _pick(h.proj_hidden, width),
+                                   _pick(h.proj_dim, width), _pick(h.proj_layers, 3),
+                                   last_bn=False)
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
