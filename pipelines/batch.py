@@ -1,23 +1,27 @@
 """The Batch (pipelines/ -> trainer/) and the last stage every backend shares:
-uint8 crops -> photometric ops -> normalise -> channels_last, on the device.
+uint8 images -> photometric ops -> normalise -> channels_last, on the device.
 
-``Finisher`` is built once per loader: the systems choices (device, dtype, which
-photometric stage) and the constants (normalisation, the recipe's draw table) are
-made there, not per batch; a ``torch.tensor(..., device=cuda)`` per batch is a
+Parameters are drawn once, on the host, by the loader where it computes each
+view's crop (photometric_cpu.param_rows: the counter RNG in numba, bit-exact
+with sampling.sample_rest's torch definition) into one float32 (B, V, WIDTH)
+row; the Finisher only renders from it, and the Batch carries its one device
+copy. ``Finisher`` is built once per loader: the systems choices (device,
+dtype, which photometric stage) and the constants (normalisation) are made
+there, not per batch; a ``torch.tensor(..., device=cuda)`` per batch is a
 blocking host-to-device copy that waits for the queued GPU work.
 
 Stages (``stage``):
-- ``done``: the crops are final views and their parameters are given (rendered
-  per image by the torchvision workers, or by FFCV's op on a CPU device);
+- ``done``: the images are final views (rendered per image by the torchvision
+  workers, or by FFCV's op on a CPU device);
 - ``numba``: rendered here by photometric_cpu's kernel (dali-cpu on a CPU device);
-- ``triton``: the GPU path. Every parameter is drawn on the host (numba, the
-  counter RNG: bit-exact with the torch draws), goes to the device in one
-  parameter buffer (one pinned copy, plus one for labels and indices), and each
-  view is one Triton launch (photometric_triton): for a batch of two views, 10
-  dispatched torch ops counted on a CPU (the two pinned copies add a few on a
-  GPU) and 2 launches, where the torch stage made ~1,300;
-- ``torch``: the batched torch stage (photometric.py), optionally compiled: the
-  definition the others are tested against, and a fallback.
+- ``triton``: the GPU path. The row goes to the device in one pinned copy (plus
+  one for labels and indices), and each view is one Triton launch
+  (photometric_triton) reading it: for a batch of two views, 10 dispatched
+  torch ops counted on a CPU (the two pinned copies add a few on a GPU) and 2
+  launches, where the torch stage made ~1,300;
+- ``torch``: the batched torch stage (photometric.py), optionally compiled, on
+  views of the row's device copy: the definition the others are tested
+  against, and a fallback.
 
 The Triton stage's first batch is checked against the torch stage unless
 ``self_check`` is off (pipelines/triton_check.py): a disagreement, like a first
@@ -36,7 +40,6 @@ import torch
 from pipelines import photometric, triton_check
 from pipelines.params import DRAWN, DRAWN_AT, FIELDS, WIDTH, join, split
 from pipelines.recipe import Recipe
-from pipelines.sampling import sample_rest
 
 STAGES = ("done", "numba", "triton", "torch")
 
@@ -102,12 +105,17 @@ def _host(x) -> np.ndarray:
 
 @dataclass
 class Finisher:
-    """Crops (V x uint8 (B, S_v, S_v, 3), no flip yet unless ``done``) and the
-    crop field (B, V, 4) -> Batch. The remaining parameters are drawn with the
-    counter RNG (seed, epoch, index, view), applied, and the views normalised:
-    (x/255 - mean)/std as one multiply-add on final uint8 views."""
+    """Images and their parameter row -> Batch: the photometric stage applied
+    (unless ``done``), views normalised as (x/255 - mean)/std in one multiply-add
+    on final uint8 views, everything on the device.
+
+    ``images``: V x uint8 (B, S_v, S_v, 3), resized crops not yet flipped (final
+    views when the stage is ``done``). ``row``: float32 (B, V, params.WIDTH) on
+    the host, every parameter of every view, the crop field and the drawn rest
+    (photometric_cpu.param_rows, called by the loader where it computes the
+    crop): the Finisher draws nothing. One pinned copy takes the row to the
+    device and one more the labels and indices; the Batch's ``row`` is that copy."""
     recipe: Recipe
-    seed: int
     device: torch.device
     dtype: torch.dtype = torch.float32
     keep_raw: bool = False
@@ -130,13 +138,16 @@ class Finisher:
                         "shift": -mean / std}
         self.apply = compiled_apply(self.compile) if self.stage == "torch" else None
 
-    def __call__(self, crops: list[torch.Tensor], crop, labels, index, epoch: int,
-                 done: dict[str, torch.Tensor] | None = None) -> Batch:
+    def __call__(self, images: list[torch.Tensor], row, labels, index) -> Batch:
+        row = _host(row)
+        if row.dtype != np.float32 or row.shape != (len(row), self.recipe.num_views, WIDTH):
+            raise ValueError(f"parameter row {row.dtype} {row.shape}: expected float32 "
+                             f"(B, {self.recipe.num_views}, {WIDTH})")
         if self.stage == "triton":
             if self._triton_ran:
-                return self._triton(crops, crop, labels, index, epoch)
+                return self._triton(images, row, labels, index)
             try:  # the first batch compiles the kernel for this GPU
-                batch = self._triton(crops, crop, labels, index, epoch)
+                batch = self._triton(images, row, labels, index)
             except Exception as e:  # noqa: BLE001 - any compile failure: fall back, loudly
                 self.self_check_result = f"failed: raised {type(e).__name__}: {e}"
                 print(f"warning: the Triton photometric stage failed on its first batch "
@@ -149,16 +160,13 @@ class Finisher:
                 if not self.self_check:
                     self.self_check_result = "off"
                     return batch
-                return self._checked(batch, crops)
-        if self.stage == "done" and done is None:
-            raise ValueError("stage 'done' needs the views' parameters")
-        return self._batched(crops, torch.as_tensor(crop), torch.as_tensor(labels),
-                             torch.as_tensor(index), epoch, done)
+                return self._checked(batch, images)
+        return self._batched(images, row, labels, index)
 
-    def _checked(self, batch: Batch, crops) -> Batch:
+    def _checked(self, batch: Batch, images) -> Batch:
         """The Triton stage's first batch if the torch stage renders it within the
         bound; else the torch stage's, and the loader switches to it (one line)."""
-        views, raws = triton_check.torch_render(self, crops, batch)
+        views, raws = triton_check.torch_render(self, images, batch)
         ok, what = triton_check.compare(batch, views, raws, self._consts["mean"],
                                         self._consts["std"])
         self.self_check_result = f"{'passed' if ok else 'failed'}: {what}"
@@ -170,12 +178,12 @@ class Finisher:
         self.stage, self.apply = "torch", compiled_apply(self.compile)
         return Batch(views, batch.row, batch.labels, batch.index, raws)
 
-    def torch_view(self, crop: torch.Tensor, p: dict[str, torch.Tensor], vr, apply):
-        """One view by the torch stage: uint8 (B, S, S, 3) crops and its drawn
+    def torch_view(self, image: torch.Tensor, p: dict[str, torch.Tensor], vr, apply):
+        """One view by the torch stage: uint8 (B, S, S, 3) images and its drawn
         parameters (field -> (B, width)) -> (normalised (B, 3, S, S) view in
         self.dtype, channels_last; uint8 (B, S, S, 3) on the host or None)."""
         c = self._consts
-        x = crop.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        x = image.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         x = apply(x, p, vr)
         raw = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu() if self.keep_raw \
             else None
@@ -183,33 +191,27 @@ class Finisher:
             memory_format=torch.channels_last)
         return x, raw
 
-    def _to_device(self, host: np.ndarray) -> torch.Tensor:
-        return self._h2d(torch.from_numpy(host))  # one pinned, asynchronous copy on a GPU
+    def _to_device(self, row: np.ndarray, labels, index):
+        """The row, labels and indices on the device: two pinned, asynchronous copies."""
+        ids = np.stack([_host(labels).astype(np.int64, copy=False),
+                        _host(index).astype(np.int64, copy=False)])
+        labels_d, index_d = self._h2d(torch.from_numpy(ids)).unbind(0)
+        return self._h2d(torch.from_numpy(row)), labels_d, index_d
 
-    def _triton(self, crops, crop, labels, index, epoch) -> Batch:
-        from pipelines import photometric_cpu, photometric_triton
+    def _triton(self, images, row, labels, index) -> Batch:
+        from pipelines import photometric_triton
 
-        index_h = _host(index).astype(np.int64, copy=False)
-        B, V = len(index_h), self.recipe.num_views
-        host = np.empty((B, V, WIDTH), np.float32)
-        # each view's flattened parameters (params.WIDTH in FIELDS order): the
-        # crop, then the drawn row from DRAWN_AT on
-        host[..., :DRAWN_AT] = _host(crop)
-        photometric_cpu.draw_rest_batch(photometric_cpu.recipe_rows(self.recipe), self.seed,
-                                        epoch, index_h, host[..., DRAWN_AT:])
-        ids = np.stack([_host(labels).astype(np.int64, copy=False), index_h])
-        params = self._to_device(host)
-        labels_d, index_d = self._to_device(ids).unbind(0)
+        row_d, labels_d, index_d = self._to_device(row, labels, index)
         views, raw = [], []
-        for v, (x, vr) in enumerate(zip(crops, self.recipe.views)):
+        for v, (x, vr) in enumerate(zip(images, self.recipe.views)):
             x = x.to(self.device, non_blocking=True).contiguous()  # FFCV's are host slots
-            y, r = photometric_triton.render(x, params, v * WIDTH + DRAWN_AT, vr,
+            y, r = photometric_triton.render(x, row_d, v * WIDTH + DRAWN_AT, vr,
                                              self.recipe.mean, self.recipe.std, self.dtype,
                                              self.keep_raw)
             views.append(y)
             raw.append(r)
         raws = [r.cpu() for r in raw] if self.keep_raw else None
-        return Batch(views, params, labels_d, index_d, raws)
+        return Batch(views, row_d, labels_d, index_d, raws)
 
     def _h2d(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor to the device without blocking the host: pinned, then an
@@ -219,34 +221,28 @@ class Finisher:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def _batched(self, crops, crop_params, labels, index, epoch, done) -> Batch:
-        device, c = self.device, self._consts
-        index = self._h2d(index).long()
-        per_view, views, raw = [], [], []
-        for v, (crop, vr) in enumerate(zip(crops, self.recipe.views)):
-            if self.stage == "done":
-                p = {k: self._h2d(t[:, v]) for k, t in done.items() if k != "crop"}
-            elif self.stage == "numba":  # numba imported only where it is asked for
+    def _batched(self, images, row, labels, index) -> Batch:
+        c = self._consts
+        row_d, labels_d, index_d = self._to_device(row, labels, index)
+        views, raw = [], []
+        for v, (image, vr) in enumerate(zip(images, self.recipe.views)):
+            if self.stage == "numba":  # numba imported only where it is asked for
                 from pipelines import photometric_cpu
 
-                p = sample_rest(vr, self.seed, epoch, index, v)
-                crop = crop.contiguous()
-                photometric_cpu.render_batch(crop.numpy(), photometric_cpu.rest_of(p),
-                                             crop.numpy())
-            else:  # the torch stage, on the device
-                p = sample_rest(vr, self.seed, epoch, index, v)
-                x, r = self.torch_view(crop, p, vr, self.apply)
+                image = image.contiguous()
+                photometric_cpu.render_batch(image.numpy(),
+                                             np.ascontiguousarray(row[:, v, DRAWN_AT:]),
+                                             image.numpy())
+            elif self.stage == "torch":  # on the device, from the row's copy there
+                x, r = self.torch_view(image, split(row_d[:, v, DRAWN_AT:], DRAWN), vr,
+                                       self.apply)
                 if self.keep_raw:
                     raw.append(r)
             if self.stage in ("done", "numba"):  # final uint8 views
                 if self.keep_raw:
-                    raw.append(crop.cpu().clone())
-                x = crop.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+                    raw.append(image.cpu().clone())
+                x = image.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = x.mul_(c["scale"]).add_(c["shift"]).to(self.dtype).contiguous(
                     memory_format=torch.channels_last)
             views.append(x)
-            per_view.append(p)
-        params = {k: torch.stack([p[k] for p in per_view], dim=1) for k in DRAWN}
-        params["crop"] = self._h2d(crop_params).float()
-        return Batch(views, {k: params[k] for k in FIELDS}, self._h2d(labels).long(), index,
-                     raw if self.keep_raw else None)
+        return Batch(views, row_d, labels_d, index_d, raw if self.keep_raw else None)

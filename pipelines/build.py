@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.batch import STAGES, Finisher, default_stage
 from pipelines.recipe import Recipe, from_spec, preset, with_jitter, with_rotated_views
 
 BACKENDS = ("dali-gpu", "dali-cpu", "ffcv", "torchvision")
@@ -121,25 +122,58 @@ def resolve_recipe(cfg: LoaderConfig) -> Recipe:
     return recipe
 
 
-def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
+@dataclass(frozen=True)
+class Resolved:
+    """What build_loader chose, once, from a LoaderConfig; every loader records it
+    as ``loader.resolved`` (and its recipe and device as ``loader.recipe`` and
+    ``loader.device``), and callers read the choices from there."""
+    backend: str               # one of BACKENDS
+    device: torch.device       # where the Batches are delivered
+    stage: str                 # the last stage (pipelines/batch.py STAGES)
+    recipe: Recipe             # every view's settings, fixed for the loader's life
+    dtype: torch.dtype         # of the normalised views
+
+
+def resolve_stage(backend: str, device: torch.device, stage: str) -> str:
+    """"auto": views rendered where the loader decodes when it can render there
+    (torchvision's workers; FFCV's op for a CPU device), else numba on a CPU
+    device and the Triton stage on a GPU (batch.default_stage). An explicit
+    stage is checked against what the backend can do."""
+    if stage != "auto" and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)} or auto")
+    if backend == "torchvision":
+        if stage not in ("auto", "done"):
+            raise ValueError("the torchvision backend renders views in its workers; "
+                             f"stage={stage!r} applies to dali and ffcv only")
+        return "done"
+    if stage == "auto":
+        return "done" if backend == "ffcv" and device.type == "cpu" else default_stage(device)
+    if stage == "done" and backend != "ffcv":
+        raise ValueError(f"{backend} does not render views itself: stage 'done' is for ffcv "
+                         "and torchvision")
+    return stage
+
+
+def resolve(cfg: LoaderConfig, dtype: torch.dtype = torch.float32) -> Resolved:
+    """Backend, device, stage and recipe, each decided here and nowhere else."""
     backend = resolve_backend(cfg.backend, cfg.data, cfg.device)
-    recipe = resolve_recipe(cfg)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle,
-                  drop_last=cfg.drop_last, rank=cfg.rank, world=cfg.world, dtype=dtype,
-                  keep_raw=cfg.keep_raw, on_damaged=cfg.on_damaged)
-    if backend.startswith("dali"):
-        from pipelines.loader_dali import DaliLoader
-        return DaliLoader(cfg.data, recipe, gpu=backend == "dali-gpu", threads=cfg.workers,
-                          device=device, compile=cfg.compile, stage=cfg.stage,
-                          prefetch=cfg.prefetch, triton_check=cfg.triton_check, **common)
-    if backend == "ffcv":
-        from pipelines.loader_ffcv import FfcvLoader
-        return FfcvLoader(cfg.data, recipe, workers=cfg.workers, device=device,
-                          compile=cfg.compile, stage=cfg.stage,
-                          triton_check=cfg.triton_check, **common)
-    if cfg.stage != "auto":
-        raise ValueError("the torchvision backend renders views in its workers; "
-                         f"stage={cfg.stage!r} applies to dali and ffcv only")
-    from pipelines.loader_torchvision import TorchvisionLoader
-    return TorchvisionLoader(cfg.data, recipe, workers=cfg.workers, device=device, **common)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if backend == "dali-gpu" and device.type != "cuda":
+        raise ValueError(f"dali-gpu delivers on a CUDA device, not {device}")
+    return Resolved(backend, device, resolve_stage(backend, device, cfg.stage),
+                    resolve_recipe(cfg), dtype)
+
+
+def build_loader(cfg: LoaderConfig, dtype: torch.dtype = torch.float32):
+    """The loader for ``cfg``: resolved once (``resolve``), then built from the
+    config and those choices; ``loader.resolved`` says what was chosen."""
+    chosen = resolve(cfg, dtype)
+    finish = Finisher(chosen.recipe, chosen.device, chosen.dtype, cfg.keep_raw, chosen.stage,
+                      cfg.compile, cfg.triton_check)
+    if chosen.backend.startswith("dali"):
+        from pipelines.loader_dali import DaliLoader as Loader
+    elif chosen.backend == "ffcv":
+        from pipelines.loader_ffcv import FfcvLoader as Loader
+    else:
+        from pipelines.loader_torchvision import TorchvisionLoader as Loader
+    return Loader(cfg, chosen, finish)

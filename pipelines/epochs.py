@@ -66,18 +66,10 @@ class EpochLoader:
     epoch = 0
     skip = 0
     plan: EpochPlan
-    _recipe = None
-
-    @property
-    def recipe(self):
-        return self._recipe
-
-    @recipe.setter
-    def recipe(self, recipe) -> None:
-        """A recipe changed on a built loader reaches its last stage too."""
-        self._recipe = recipe
-        if getattr(self, "finish", None) is not None:
-            self.finish.recipe = recipe
+    # The recipe a loader was built with, fixed for its life: DALI's graph, FFCV's
+    # compiled op and the Finisher are all made from it (build another loader for
+    # another recipe).
+    recipe = None
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """The next ``iter()`` yields epoch ``epoch`` from batch ``skip`` on (a

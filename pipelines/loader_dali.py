@@ -44,10 +44,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.batch import Batch, Finisher, default_stage
+from pipelines.batch import Batch, Finisher
 from pipelines.checks import DamagedSample, DamageLog, substitute
 from pipelines.cli import one_line
 from pipelines.epochs import EpochLoader, EpochPlan
+from pipelines.photometric_cpu import param_rows, recipe_row
 from pipelines.readahead import ReadAhead
 from pipelines.records import Records
 from pipelines.sampling import crop_boxes, crop_fields
@@ -91,7 +92,7 @@ class _Ticket:
     batch: int
     labels: np.ndarray      # int64 (B,)
     index: np.ndarray       # int64 (B,), dataset index
-    crop: np.ndarray        # float32 (B, V, 4), the schema's crop field
+    row: np.ndarray         # float32 (B, V, params.WIDTH): every parameter of every view
     inputs: tuple           # what DALI was fed (no_copy: kept alive until consumed)
     problems: list          # damaged samples replaced in this batch (pipelines/checks.py)
     fatal: str | None       # every sample damaged: the batch cannot be made
@@ -107,6 +108,7 @@ class _Feeder:
 
     def __init__(self, records: Records, plan: EpochPlan, views, seed: int):
         self.records, self.plan, self.views, self.seed = records, plan, views, seed
+        self.table_rows = np.stack([recipe_row(vr) for vr in views])  # photometric_cpu's draw table
         self.table = records.table()  # maps every shard with a sample: no thread opens one
         self.tickets: deque[_Ticket] = deque()
         self._orders: dict[int, np.ndarray] = {}
@@ -153,8 +155,10 @@ class _Feeder:
         labels, index, heights, widths = rows.T
         boxes = crop_boxes(heights, widths, self.views, self.seed, epoch, index)
         inputs = feed(encoded, boxes)
-        crop = crop_fields(boxes, heights, widths)
-        return _Ticket(epoch, b, labels.copy(), index.copy(), crop, inputs, problems, fatal)
+        # the whole parameter row, drawn here, ahead, off the training thread
+        row = param_rows(self.table_rows, self.seed, epoch, index,
+                         crop_fields(boxes, heights, widths))
+        return _Ticket(epoch, b, labels.copy(), index.copy(), row, inputs, problems, fatal)
 
 
 def _placeholder_jpeg() -> np.ndarray:
@@ -220,34 +224,30 @@ def to_torch(tl, device: torch.device, stream=None) -> torch.Tensor:
 class DaliLoader(EpochLoader):
     """One epoch of Batches per iteration; call set_epoch(e) before each."""
 
-    def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world: int = 1, gpu: bool = False,
-                 threads: int = 2, device=None, dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False, stage: str = "auto", prefetch: int = 1,
-                 on_damaged: str = "skip", triton_check: bool = True):
+    def __init__(self, cfg, chosen, finish: Finisher):
+        """cfg: the LoaderConfig; chosen: what build_loader resolved from it
+        (pipelines/build.py Resolved); finish: the last stage it built."""
+        gpu = chosen.backend == "dali-gpu"
         if gpu and not torch.cuda.is_available():
             raise RuntimeError("dali-gpu needs a CUDA device; use dali-cpu on this machine")
-        records = Records(data_dir)
-        self.damage = DamageLog(on_damaged)
-        self.plan = EpochPlan(len(records), batch_size, seed, shuffle, drop_last, rank, world)
-        self.recipe, self.seed = recipe, seed
-        self.device = torch.device(device or ("cuda" if gpu else "cpu"))
-        if gpu and self.device.type != "cuda":
-            raise ValueError(f"dali-gpu delivers on a CUDA device, not {self.device}")
-        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw,
-                               default_stage(self.device) if stage == "auto" else stage, compile,
-                               triton_check)
-        self.feeder = _Feeder(records, self.plan, recipe.views, seed)
+        records = Records(cfg.data)
+        self.resolved, self.recipe, self.device = chosen, chosen.recipe, chosen.device
+        self.damage = DamageLog(cfg.on_damaged)
+        self.plan = EpochPlan(len(records), cfg.batch_size, cfg.seed, cfg.shuffle, cfg.drop_last,
+                              cfg.rank, cfg.world)
+        self.seed, self.finish = cfg.seed, finish
+        self.feeder = _Feeder(records, self.plan, self.recipe.views, cfg.seed)
         device_id = (self.device.index if self.device.index is not None
                      else torch.cuda.current_device()) if gpu else None
         # DALI refuses num_threads < 1; --workers 0 ("no extra workers") means one.
-        self.threads = max(1, threads)
-        self.pipe = build_pipeline(self.feeder, recipe, batch_size, device_id, self.threads)
+        self.threads = max(1, cfg.workers)
+        self.pipe = build_pipeline(self.feeder, self.recipe, cfg.batch_size, device_id,
+                                   self.threads)
         self._stream = torch.cuda.Stream(self.device) if gpu else None
         self._held = None  # (DALI outputs, event of their copy): alive until copied
-        if prefetch < 0:
-            raise ValueError(f"prefetch {prefetch} < 0")
-        self.prefetch = prefetch
+        if cfg.prefetch < 0:
+            raise ValueError(f"prefetch {cfg.prefetch} < 0")
+        self.prefetch = cfg.prefetch
 
     def _next_outputs(self):
         """The outputs of the next scheduled batch and its ticket."""
@@ -279,12 +279,12 @@ class DaliLoader(EpochLoader):
         end; DALI's buffers are held until that event passes."""
         if self._stream is None:
             crops = [to_torch(o, self.device) for o in outs]
-            return self.finish(crops, t.crop, t.labels, t.index, t.epoch), None
+            return self.finish(crops, t.row, t.labels, t.index), None
         with torch.cuda.stream(self._stream):  # allocations belong to the side stream
             crops = [to_torch(o, self.device, self._stream) for o in outs]
             copied = torch.cuda.Event()
             copied.record(self._stream)
-            batch = self.finish(crops, t.crop, t.labels, t.index, t.epoch)
+            batch = self.finish(crops, t.row, t.labels, t.index)
             ready = torch.cuda.Event()
             ready.record(self._stream)
         self._held = (outs, copied)
@@ -298,7 +298,7 @@ class DaliLoader(EpochLoader):
         if ready is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(ready)
-            for x in [*batch.views, *batch.params.values(), batch.labels, batch.index]:
+            for x in [*batch.views, batch.row, batch.labels, batch.index]:
                 x.record_stream(current)
         return batch
 

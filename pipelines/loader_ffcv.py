@@ -1,12 +1,13 @@
 """FFCV backend: the stock Loader over data.beton with one custom operation that
 decodes each image once, samples V crop boxes (torchvision's RandomResizedCrop
-algorithm, pipelines/sampling.py) and resizes each into its slot, writing the
-boxes to a side output as it crops. Flip, colour, blur and solarize are drawn
-in the op too (counter RNG, the same numbers as sampling.sample_rest) and, on a
-GPU, applied on the device by the Finisher's stage (pipelines/batch.py: one Triton
-launch per view, or the batched torch ops it falls back to); on a CPU
-device they are applied in the op itself, per view, by photometric_cpu's numba
-kernel, in the loader's threads (3.8x torchvision at 224 px on 2 cores: RESULTS.md).
+algorithm, pipelines/sampling.py), resizes each into its slot and writes each
+view's whole parameter row (params.WIDTH: the crop field and the drawn rest,
+counter RNG, the numbers every backend draws) to a side output. On a CPU device
+the photometric stage runs in the op itself, per view, by photometric_cpu's
+numba kernel, in the loader's threads (3.8x torchvision at 224 px on 2 cores:
+RESULTS.md); on a GPU the Finisher's stage applies the same row on the device
+(pipelines/batch.py: one Triton launch per view, or the batched torch ops it
+falls back to).
 
 Reproducibility: every box is a function of (seed, epoch, sample index, view)
 through the counter RNG, never of numba's thread scheduling. The epoch reaches
@@ -33,10 +34,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from pipelines import checks, counter_rng, params, photometric_cpu
-from pipelines.batch import Finisher, default_stage
+from pipelines.batch import Finisher
 from pipelines.checks import DamagedSample, DamageLog
 from pipelines.epochs import EpochLoader, EpochPlan
-from pipelines.sampling import crop_args, make_crop_box
+from pipelines.sampling import crop_args, crop_field, make_crop_box
 
 
 @intrinsic
@@ -50,6 +51,14 @@ def _address_as_pointer(typingctx, addr):
 
 
 _SHARED: dict = {}
+
+
+def _crop_field_nb():
+    """sampling.crop_field compiled once per process, fastmath off: the quotients
+    bit for bit as numpy computes them for the other backends."""
+    if "crop_field" not in _SHARED:
+        _SHARED["crop_field"] = numba.njit(fastmath=False)(crop_field)
+    return _SHARED["crop_field"]
 
 
 def _fix_ffcv_state_types() -> None:
@@ -108,12 +117,13 @@ def _multiview_op_class():
     from ffcv.pipeline.compiler import Compiler
 
     class MultiViewCrop(SimpleRGBImageDecoder):
-        """image field -> (views uint8 (V, S*S*3), boxes float32 (V, 4), rest
-        float32 (V, params.DRAWN_WIDTH)) per sample. With ``render`` the views are
-        final (the photometric stage ran here, photometric_cpu), else the crops.
-        ``rest`` (photometric_cpu.REST) is drawn either way; its recipe rows are
-        read by address from ``rows_cell`` like the epoch, so a recipe changed
-        between epochs is honoured. A subclass of the field's decoder class:
+        """image field -> (views uint8 (V, S*S*3), parameter row float32
+        (V, params.WIDTH)) per sample. With ``render`` the views are final (the
+        photometric stage ran here, photometric_cpu), else the crops, which the
+        Finisher renders on the device from this same row (nothing is drawn
+        twice). The row is the crop field (sampling.crop_field) and the drawn rest
+        (photometric_cpu.draw_rest, the drawer every backend uses); the draw table
+        is read by address from ``rows_cell``. A subclass of the field's decoder class:
         FFCV accepts only that as the first operation of an image pipeline."""
 
         def __init__(self, recipe, seed: int, epoch_cell: np.ndarray, rows_cell: np.ndarray,
@@ -134,8 +144,7 @@ def _multiview_op_class():
             return (replace(previous_state, jit_mode=True, shape=(V, self.smax ** 2 * 3),
                             dtype=np.dtype("u1")),
                     (AllocationQuery((V, self.smax ** 2 * 3), np.dtype("u1")),
-                     AllocationQuery((V, 4), np.dtype("f4")),
-                     AllocationQuery((V, params.DRAWN_WIDTH), np.dtype("f4")),
+                     AllocationQuery((V, params.WIDTH), np.dtype("f4")),
                      AllocationQuery((max_h * max_w * np.uint64(3),), np.dtype("u1")),
                      AllocationQuery((1,), np.dtype("u1"))))
 
@@ -152,10 +161,10 @@ def _multiview_op_class():
             n_views = self.recipe.num_views
             epoch_addr = self.epoch_cell.ctypes.data
             crcs_addr, n_crcs, check = self.crcs.ctypes.data, len(self.crcs), self.check
-            crc32_nb = checks.crc32_nb
+            crc32_nb, crop_field_c, at = checks.crc32_nb, _crop_field_nb(), params.DRAWN_AT
 
             def decode(batch_indices, my_storage, metadata, storage_state):
-                crops, boxes, rest, temp, bad = my_storage
+                crops, prow, temp, bad = my_storage
                 # (epoch, seed) read at run time: a captured seed would be typed as a
                 # literal, compiling the shared kernels once per seed (and numba's
                 # dispatchers typed with literals from several threads raced, in a test).
@@ -193,15 +202,14 @@ def _multiview_op_class():
                         s = sizes[v]
                         out = crops[dst, v, :s * s * 3].reshape(s, s, 3)
                         resize_crop_c(image, top, top + h, left, left + w, out)
-                        draw_rest(rows[v], seed, epoch, src_ix, v, rest[dst, v])
+                        y0, x0, fh, fw = crop_field_c(top, left, h, w, height, width)
+                        prow[dst, v, 0], prow[dst, v, 1] = y0, x0
+                        prow[dst, v, 2], prow[dst, v, 3] = fh, fw
+                        draw_rest(rows[v], seed, epoch, src_ix, v, prow[dst, v, at:])
                         if render:
-                            render_view(out, rest[dst, v], out, tmp)
-                        boxes[dst, v, 0] = top / height
-                        boxes[dst, v, 1] = left / width
-                        boxes[dst, v, 2] = h / height
-                        boxes[dst, v, 3] = w / width
+                            render_view(out, prow[dst, v, at:], out, tmp)
                 n = len(batch_indices)
-                return crops[:n], boxes[:n], rest[:n], bad[:n]
+                return crops[:n], prow[:n], bad[:n]
 
             decode.is_parallel = True
             return decode
@@ -279,42 +287,39 @@ class _PlanOrder:
 class FfcvLoader(EpochLoader):
     """One epoch of Batches per iteration; call set_epoch(e) before each."""
 
-    def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
-                 device="cpu", dtype=torch.float32, keep_raw: bool = False,
-                 compile: bool = False, stage: str = "auto", on_damaged: str = "skip",
-                 triton_check: bool = True):
+    def __init__(self, cfg, chosen, finish: Finisher):
+        """cfg: the LoaderConfig; chosen: what build_loader resolved from it
+        (pipelines/build.py Resolved); finish: the last stage it built."""
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
 
         _fix_ffcv_state_types()
 
-        beton = open_beton(Path(data_dir))
+        beton = open_beton(Path(cfg.data))
         self.path, self.sample_ptr = beton.path, beton.ptr  # for messages
-        self.damage = DamageLog(on_damaged)
-        self.epoch_cell = np.array([0, seed], dtype=np.int64)  # (epoch, seed) for the op
-        self.rows_cell = photometric_cpu.recipe_rows(recipe)
-        # On a CPU device the photometric stage runs in the op (the loader's
-        # threads) as photometric_cpu's kernel; on a GPU the Finisher's stage runs it.
-        self.render_here = torch.device(device).type == "cpu"
-        op = _multiview_op_class()(recipe, seed, self.epoch_cell, self.rows_cell,
+        self.resolved, self.recipe, self.device = chosen, chosen.recipe, chosen.device
+        self.damage = DamageLog(cfg.on_damaged)
+        self.epoch_cell = np.array([0, cfg.seed], dtype=np.int64)  # (epoch, seed) for the op
+        self.rows_cell = photometric_cpu.recipe_rows(self.recipe)
+        # Stage "done" (the default on a CPU device): the photometric stage runs in
+        # the op (the loader's threads) as photometric_cpu's kernel; otherwise the
+        # Finisher's stage runs it, from the row the op drew.
+        self.render_here = chosen.stage == "done"
+        op = _multiview_op_class()(self.recipe, cfg.seed, self.epoch_cell, self.rows_cell,
                                    self.render_here, beton.crcs)
-        self.loader = Loader(str(beton.path), batch_size=batch_size, num_workers=workers,
-                             order=OrderOption.SEQUENTIAL, drop_last=drop_last,
+        self.loader = Loader(str(beton.path), batch_size=cfg.batch_size,
+                             num_workers=cfg.workers, order=OrderOption.SEQUENTIAL,
+                             drop_last=cfg.drop_last,
                              pipelines={"image": [op], "label": [IntDecoder()],
                                         "index": [IntDecoder()]})
         n = len(self.loader.indices)
-        self.plan = EpochPlan(n, batch_size, seed, shuffle, drop_last, rank, world)
+        self.plan = EpochPlan(n, cfg.batch_size, cfg.seed, cfg.shuffle, cfg.drop_last, cfg.rank,
+                              cfg.world)
         self.loader.traversal_order = _PlanOrder(self)
         self.loader.first_traversal_order = self.loader.next_traversal_order()
-        self.recipe, self.seed = recipe, seed
-        self.device = torch.device(device)
-        if stage == "auto":
-            stage = "done" if self.render_here else default_stage(self.device)
-        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage, compile,
-                               triton_check)
+        self.seed, self.finish = cfg.seed, finish
 
-    def _replace_damaged(self, bad, crops, boxes, rest, labels, index) -> None:
+    def _replace_damaged(self, bad, crops, rows, labels, index) -> None:
         """Damaged samples (never decoded) take a repeat of the batch's first good
         one, in place (this batch's buffers), and are reported (pipelines/checks.py)."""
         problems = [f"sample {i} ({self.path}, image at byte {self.sample_ptr[i]}): checksum "
@@ -323,36 +328,30 @@ class FfcvLoader(EpochLoader):
         if not len(good):
             raise DamagedSample(f"{problems[0]}; and every other sample of its batch is damaged")
         self.damage.report(problems)
-        for a in (crops, boxes, rest, labels, index):
+        for a in (crops, rows, labels, index):
             a[bad] = a[good[0]]
 
     def __iter__(self):
         self.epoch_cell[0] = self.epoch
-        self.rows_cell[:] = photometric_cpu.recipe_rows(self.recipe)
         self.loader.next_epoch = self.epoch
         epoch_iter = iter(self.loader)
         try:
             while (item := _next(epoch_iter)) is not None:
-                (crops, boxes, rest, bad), labels, index = item
-                crops, boxes, rest = np.asarray(crops), np.asarray(boxes), np.asarray(rest)
+                (crops, rows, bad), labels, index = item
+                crops, rows = np.asarray(crops), np.array(rows)  # rows: copied out of
                 labels, index = np.array(labels).reshape(-1), np.array(index).reshape(-1)
-                bad = np.asarray(bad).reshape(-1).astype(bool)
+                bad = np.asarray(bad).reshape(-1).astype(bool)      # FFCV's reused buffer
                 if bad.any():
-                    self._replace_damaged(bad, crops, boxes, rest, labels, index)
+                    self._replace_damaged(bad, crops, rows, labels, index)
                 crops = torch.as_tensor(crops)
                 views = [crops[:, v, : vr.size ** 2 * 3].reshape(-1, vr.size, vr.size, 3)
                          for v, vr in enumerate(self.recipe.views)]
-                boxes = torch.as_tensor(np.array(boxes))
-                done = None
-                if self.render_here:
-                    # Final views: finish() normalises them into new memory (and
-                    # copies raw), before the Loader reuses this buffer.
-                    done = photometric_cpu.fields_of(torch.as_tensor(np.array(rest)))
-                    done["crop"] = boxes
-                else:
-                    # The Loader reuses its buffers: copy out before the next batch.
+                # Final views (render_here): finish() normalises them into new memory
+                # (and copies raw) before the Loader reuses this buffer; crops for the
+                # device stage are copied out first.
+                if not self.render_here:
                     views = [x.clone() for x in views]
-                yield self.finish(views, boxes, labels, index, self.epoch, done=done)
+                yield self.finish(views, rows, labels, index)
         finally:
             # An epoch abandoned early (a break, a test taking one batch) must stop
             # FFCV's producer thread, or it keeps decoding into released buffers.

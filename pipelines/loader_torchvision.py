@@ -16,14 +16,16 @@ from pipelines import reference
 from pipelines.batch import Finisher
 from pipelines.checks import DamagedSample, DamageLog
 from pipelines.epochs import EpochLoader, EpochPlan
-from pipelines.params import FIELDS
+from pipelines.params import split
+from pipelines.photometric_cpu import param_rows, recipe_rows
 from pipelines.records import Records, open_rgb
-from pipelines.sampling import crop_args, crop_box, crop_params, sample_rest
+from pipelines.sampling import crop_args, crop_box, crop_params
 
 
 class _Views(torch.utils.data.Dataset):
     def __init__(self, records: Records, recipe, seed: int):
         self.records, self.recipe, self.seed, self.epoch = records, recipe, seed, 0
+        self.table = recipe_rows(recipe)  # photometric_cpu's draw table
 
     def __len__(self) -> int:
         return len(self.records)
@@ -40,16 +42,14 @@ class _Views(torch.utils.data.Dataset):
         except Exception as e:  # noqa: BLE001 - any decoder failure is a damaged sample
             return _Damaged(f"{self.records.where(i)}: cannot decode the image ({e})")
         h, w = src.shape[:2]
-        views, params = [], {k: [] for k in FIELDS}
-        idx = torch.tensor([index])
-        for v, vr in enumerate(self.recipe.views):
-            box = crop_box(h, w, *crop_args(vr), self.seed, self.epoch, index, v)
-            p = {k: t[0] for k, t in sample_rest(vr, self.seed, self.epoch, idx, v).items()}
-            p["crop"] = torch.from_numpy(crop_params(box, h, w))
-            views.append(torch.from_numpy(reference.render(src, p, vr)))
-            for k in FIELDS:
-                params[k].append(p[k])
-        return views, {k: torch.stack(t) for k, t in params.items()}, label, index
+        crop = np.stack([crop_params(crop_box(h, w, *crop_args(vr), self.seed, self.epoch,
+                                              index, v), h, w)
+                         for v, vr in enumerate(self.recipe.views)])
+        row = torch.from_numpy(param_rows(self.table, self.seed, self.epoch, [index],
+                                          crop[None])[0])  # (V, WIDTH)
+        views = [torch.from_numpy(reference.render(src, split(row[v]), vr))
+                 for v, vr in enumerate(self.recipe.views)]
+        return views, row, label, index
 
 
 class _Damaged(str):
@@ -65,27 +65,25 @@ def _collate(items):
         return _Damaged(f"{problems[0]}; and every other sample of its batch is damaged")
     items = [good[0] if isinstance(it, _Damaged) else it for it in items]
     views = [torch.stack([it[0][v] for it in items]) for v in range(len(items[0][0]))]
-    params = {k: torch.stack([it[1][k] for it in items]) for k in FIELDS}
+    rows = torch.stack([it[1] for it in items])
     labels = torch.tensor([it[2] for it in items])
     index = torch.tensor([it[3] for it in items])
-    return views, params, labels, index, problems
+    return views, rows, labels, index, problems
 
 
 class TorchvisionLoader(EpochLoader):
     """Iterates one epoch of Batches; call set_epoch(e) before each epoch."""
 
-    def __init__(self, data_dir, recipe, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world: int = 1, workers: int = 2,
-                 device="cpu", dtype=torch.float32, keep_raw: bool = False,
-                 on_damaged: str = "skip"):
-        self.records = Records(data_dir)
-        self.damage = DamageLog(on_damaged)
-        self.dataset = _Views(self.records, recipe, seed)
-        self.plan = EpochPlan(len(self.records), batch_size, seed, shuffle, drop_last, rank,
-                              world)
-        self.recipe, self.seed, self.workers = recipe, seed, workers
-        self.device = torch.device(device)
-        self.finish = Finisher(recipe, seed, self.device, dtype, keep_raw, stage="done")
+    def __init__(self, cfg, chosen, finish: Finisher):
+        """cfg: the LoaderConfig; chosen: what build_loader resolved from it
+        (pipelines/build.py Resolved); finish: the last stage it built."""
+        self.records = Records(cfg.data)
+        self.resolved, self.recipe, self.device = chosen, chosen.recipe, chosen.device
+        self.damage = DamageLog(cfg.on_damaged)
+        self.dataset = _Views(self.records, self.recipe, cfg.seed)
+        self.plan = EpochPlan(len(self.records), cfg.batch_size, cfg.seed, cfg.shuffle,
+                              cfg.drop_last, cfg.rank, cfg.world)
+        self.seed, self.workers, self.finish = cfg.seed, cfg.workers, finish
 
     def __iter__(self):
         self.dataset.epoch = self.epoch
@@ -97,6 +95,6 @@ class TorchvisionLoader(EpochLoader):
         for item in dl:
             if isinstance(item, _Damaged):
                 raise DamagedSample(str(item))
-            views, params, labels, index, problems = item
+            views, rows, labels, index, problems = item
             self.damage.report(problems)
-            yield self.finish(views, params["crop"], labels, index, self.epoch, done=params)
+            yield self.finish(views, rows, labels, index)

@@ -123,6 +123,19 @@ def draw_rest_batch(rows, seed, epoch, index, out):
             draw_rest(rows[v], seed, epoch, index[b], v, out[b, v])
 
 
+def param_rows(table: np.ndarray, seed: int, epoch: int, index, crop) -> np.ndarray:
+    """Every parameter of every view of samples ``index`` (B,): the crop field as
+    given (B, V, 4), the rest drawn by draw_rest_batch from ``table``
+    (recipe_rows) -> float32 (B, V, params.WIDTH) in FIELDS order, a Batch's row.
+    The one drawer: every backend and stage calls it where it computes the crop
+    (sampling.sample_rest, the torch definition, is what tests hold it to)."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.empty((len(index), table.shape[0], params.WIDTH), np.float32)
+    out[..., :params.DRAWN_AT] = crop
+    draw_rest_batch(table, seed, epoch, index, out[..., params.DRAWN_AT:])
+    return out
+
+
 _L0, _L1, _L2 = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
 
 # Every kernel below: error_model="numpy" (no zero-division branch in the loops)
@@ -345,8 +358,3 @@ def rest_of(p: dict) -> np.ndarray:
     """sample_rest's dict (field -> (B, width) tensors) -> its drawn rows, float32
     (B, params.DRAWN_WIDTH)."""
     return params.join(p, params.DRAWN).to(torch.float32).cpu().numpy()
-
-
-def fields_of(rest) -> dict:
-    """Drawn rows (..., params.DRAWN_WIDTH) tensor -> schema fields (..., width)."""
-    return params.split(rest, params.DRAWN)

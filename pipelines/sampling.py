@@ -6,10 +6,10 @@ sides, uniform integer position, centre-crop fallback), with counter uniforms
 instead of torch's global generator. It is plain numpy-scalar code so that the
 FFCV op compiles it with numba as it is.
 
-``sample_rest`` draws every field after the crop (params.DRAWN: flip, colour,
-grayscale, blur, solarize, rotation) for a batch in torch; every backend calls
-it (or photometric_cpu.draw_rest, its bit-exact numba twin), so they agree on
-those draws by construction.
+``sample_rest`` is the definition, in torch, of every field after the crop
+(params.DRAWN: flip, colour, grayscale, blur, solarize, rotation). The loaders
+draw them with its bit-exact numba twin (photometric_cpu.param_rows, one drawer
+for every backend and stage); tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -62,10 +62,17 @@ def crop_args(v: ViewRecipe) -> tuple[float, float, float, float]:
     return v.scale[0], v.scale[1], math.log(v.ratio[0]), math.log(v.ratio[1])
 
 
+def crop_field(top, left, h, w, height, width):
+    """Pixel box (top, left, h, w) of a height x width source -> the schema's crop
+    field (y0/H, x0/W, h/H, w/W) as float64 quotients (the caller stores them as
+    float32). The one conversion: crop_params and crop_fields call it on scalars
+    and arrays, FFCV's op compiled by numba."""
+    return top / height, left / width, h / height, w / width
+
+
 def crop_params(box, height: int, width: int) -> np.ndarray:
-    """Pixel box -> schema crop field (y0/H, x0/W, h/H, w/W)."""
-    top, left, h, w = box
-    return np.array([top / height, left / width, h / height, w / width], dtype=np.float32)
+    """One pixel box -> its schema crop field, float32 (4,)."""
+    return np.array(crop_field(*box, height, width), dtype=np.float32)
 
 
 _BATCH_KERNEL = None
@@ -102,10 +109,11 @@ def crop_boxes(heights: np.ndarray, widths: np.ndarray, views, seed: int, epoch:
 
 
 def crop_fields(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Pixel boxes (B, V, 4) -> schema crop field float32 (B, V, 4), the numbers
-    crop_params gives one box at a time (float64 quotient, then float32)."""
-    hw = np.stack([heights, widths, heights, widths], axis=-1).astype(np.float64)[:, None]
-    return (boxes / hw).astype(np.float32)
+    """Pixel boxes (B, V, 4) -> schema crop field float32 (B, V, 4): crop_field on
+    whole arrays (float64 quotients, then float32, as one box at a time)."""
+    h = np.asarray(heights, np.int64)[:, None]
+    w = np.asarray(widths, np.int64)[:, None]
+    return np.stack(crop_field(*np.moveaxis(boxes, -1, 0), h, w), axis=-1).astype(np.float32)
 
 
 def turns(r: ViewRecipe, seed: int, epoch: int, index: torch.Tensor, view: int) -> torch.Tensor:

@@ -22,6 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agreement import noise_and_ramps, reference_view  # noqa: E402 - tests/ on the path
 
 
+def rows(recipe, crop, index, epoch: int) -> np.ndarray:
+    """The parameter row a loader hands the Finisher: ``crop`` and draws of seed 0."""
+    from pipelines.photometric_cpu import param_rows, recipe_rows
+    return param_rows(recipe_rows(recipe), 0, epoch, index, crop)
+
+
 def kernel(device: str = "cpu", n: int = 32, size: int = 32) -> dict:
     """One view with every op firing often, against the reference ops: the uint8
     raw view (levels off, share of values off) and the float view before
@@ -64,12 +70,12 @@ def ops(device: str = "cpu", batch: int = 16, size: int = 32) -> dict:
     from pipelines.recipe import preset
 
     recipe = preset("augself", size)
-    finish = Finisher(recipe, 0, torch.device(device), torch.bfloat16 if device == "cuda"
+    finish = Finisher(recipe, torch.device(device), torch.bfloat16 if device == "cuda"
                       else torch.float32, stage="triton")
     crops = [torch.from_numpy(noise_and_ramps(batch, size, seed=v)).to(device) for v in range(2)]
     crop = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (batch, 2, 1))
     labels, index = np.zeros(batch, np.int64), np.arange(batch, dtype=np.int64)
-    finish(crops, crop, labels, index, 0)  # compile / warm up
+    finish(crops, rows(recipe, crop, index, 0), labels, index)  # compile / warm up
 
     seen: list[str] = []
 
@@ -92,7 +98,7 @@ def ops(device: str = "cpu", batch: int = 16, size: int = 32) -> dict:
     photometric_triton._render = Launcher()
     try:
         with Count():
-            finish(crops, crop, labels, index, 1)
+            finish(crops, rows(recipe, crop, index, 1), labels, index)
     finally:
         photometric_triton._render = real
     return {"ops": len(seen), "launches": launches[0], "op_names": seen}
@@ -170,19 +176,20 @@ def self_check(device: str = "cpu", batch: int = 4, size: int = 16) -> dict:
                 fault(y, v, raw)
             return y, raw
 
-        fused = Finisher(recipe, 0, torch.device(device), dtype, keep_raw, "triton",
+        fused = Finisher(recipe, torch.device(device), dtype, keep_raw, "triton",
                          self_check=check)
-        plain = Finisher(recipe, 0, torch.device(device), dtype, keep_raw, "torch")
+        plain = Finisher(recipe, torch.device(device), dtype, keep_raw, "torch")
         outcomes, err = [], io.StringIO()
         photometric_triton.render = render
         try:
             with contextlib.redirect_stderr(err):
                 for epoch in (0, 1):
-                    outcomes.append(fused([c.clone() for c in crops], crop, labels, index,
-                                          epoch))
+                    outcomes.append(fused([c.clone() for c in crops],
+                                          rows(recipe, crop, index, epoch), labels, index))
         finally:
             photometric_triton.render = real
-        a, b = outcomes[0], plain([c.clone() for c in crops], crop, labels, index, 0)
+        a, b = outcomes[0], plain([c.clone() for c in crops], rows(recipe, crop, index, 0),
+                                  labels, index)
         mean_t, std_t = fused._consts["mean"], fused._consts["std"]
         off = max(triton_check.disagreement(triton_check.levels(x, mean_t, std_t),
                                             triton_check.levels(y, mean_t, std_t))[0]

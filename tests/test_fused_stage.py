@@ -101,6 +101,7 @@ def test_a_triton_stage_that_fails_falls_back_to_torch_loudly(capsys):
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter runs CPU tensors: nothing fails")
     import numpy as np
+    from fused_probe import rows
 
     from pipelines.batch import Finisher
     from pipelines.recipe import preset
@@ -111,11 +112,11 @@ def test_a_triton_stage_that_fails_falls_back_to_torch_loudly(capsys):
              for _ in range(2)]
     crop = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (4, 2, 1))
     labels, index = np.zeros(4, np.int64), np.arange(4, dtype=np.int64)
-    fused = Finisher(recipe, 0, torch.device("cpu"), stage="triton")
-    plain = Finisher(recipe, 0, torch.device("cpu"), stage="torch")
+    fused = Finisher(recipe, torch.device("cpu"), stage="triton")
+    plain = Finisher(recipe, torch.device("cpu"), stage="torch")
     for epoch in (0, 1):
-        a = fused([c.clone() for c in crops], crop, labels, index, epoch)
-        b = plain([c.clone() for c in crops], crop, labels, index, epoch)
+        a = fused([c.clone() for c in crops], rows(recipe, crop, index, epoch), labels, index)
+        b = plain([c.clone() for c in crops], rows(recipe, crop, index, epoch), labels, index)
         assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
         assert all(torch.equal(a.params[k], b.params[k]) for k in b.params)
     assert fused.stage == "torch" and fused.self_check_result.startswith("failed: raised")
