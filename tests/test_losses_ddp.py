@@ -133,3 +133,58 @@ def test_moco_queue_and_swav_codes_over_two_ranks_equal_one_process(name, tmp_pa
             assert torch.equal(r["state"]["method.queue_ptr"], want["state"]["method.queue_ptr"])
             torch.testing.assert_close(r["state"]["method.queue"], want["state"]["method.queue"],
                                        rtol=1e-12, atol=1e-14)
+
+
+def _moco_step_on_rows(rank: int, name: str) -> dict:
+    """One checked step of MoCo on this rank's rows; rank 1's rows hold a NaN when
+    ``name`` is "poisoned" (its loss is not finite, so every rank must skip)."""
+    from trainer.step import train_step
+
+    objective, batch = _method("moco")
+    rows = _rows(batch, rank * B // WORLD, (rank + 1) * B // WORLD)
+    if name == "poisoned" and rank == 1:
+        for x in rows.views:
+            x[0, 0, 0, 0] = float("nan")
+    opt, sysm = _sgd(objective), _cpu_systems()
+    before = {k: v.clone() for k, v in objective.state_dict().items() if "queue" in k}
+    out = train_step(objective, objective, opt, sysm, rows, 0, 0.5, check_finite=True)
+    after = {k: v.clone() for k, v in objective.state_dict().items() if "queue" in k}
+    return {"skipped": out["skipped"], "before": before, "after": after}
+
+
+def _sgd(objective):
+    from trainer import optim
+
+    return optim.build(objective.param_groups(), "sgd", 0.1, 0.9, 0.0)  # the runs' SGD
+
+
+def _cpu_systems():
+    import stepkit
+
+    return stepkit.build("moco", "none")[2]
+
+
+@pytest.mark.parametrize("name", ["poisoned", "clean"])
+def test_a_skipped_moco_step_leaves_the_queue_on_every_rank(name, tmp_path):
+    """MoCo enqueues in after_step, given ``ok`` (trainer/step.py): a step skipped
+    for a non-finite loss on one rank leaves the queue and its pointer bit for bit
+    on both ranks (the skip is all-reduced), and in one process; a clean step moves
+    them (so the check can fail)."""
+    ranks = _two_ranks(_moco_step_on_rows, name, tmp_path)
+    for r in ranks:
+        assert r["skipped"].item() == float(name == "poisoned")
+        same = all(torch.equal(r["before"][k], r["after"][k]) for k in r["before"])
+        assert same == (name == "poisoned"), r["after"]["method.queue_ptr"]
+    # one process: the whole batch, a NaN in it
+    from trainer.step import train_step
+
+    objective, batch = _method("moco")
+    if name == "poisoned":
+        batch.views[0][0, 0, 0, 0] = float("nan")
+    before = {k: v.clone() for k, v in objective.state_dict().items() if "queue" in k}
+    out = train_step(objective, objective, _sgd(objective), _cpu_systems(), batch, 0, 0.5,
+                     check_finite=True)
+    assert out["skipped"].item() == float(name == "poisoned")
+    same = all(torch.equal(before[k], v) for k, v in objective.state_dict().items()
+               if "queue" in k)
+    assert same == (name == "poisoned")
