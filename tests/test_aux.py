@@ -1,12 +1,13 @@
 """AugSelf targets computed by hand from the parameters; AugSelf and EquiMod
 losses against naive recomputations."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from pipelines.params import flat, identity
+from pipelines.params import flat, identity, join
 from pipelines.recipe import preset
 from trainer import augself, equimod
 from trainer.augself import AugSelf
@@ -14,7 +15,13 @@ from trainer.augself import AugSelf
 
 class B:  # the part of a Batch the auxiliary heads read
     def __init__(self, params):
-        self.params = params
+        self.params, self.row = params, join(params)
+
+
+def turning(recipe):
+    """The recipe with every view rotating (what a table with the rot row needs)."""
+    return dataclasses.replace(recipe, views=tuple(dataclasses.replace(v, rotate=True)
+                                                   for v in recipe.views))
 
 
 def params_by_hand():
@@ -40,7 +47,7 @@ def params_by_hand():
 
 def test_augself_targets_by_hand():
     table = augself.rows({"crop": 1, "color": 1, "flip": 1, "blur": 1, "gray": 1})
-    t = augself.targets(table, params_by_hand(), preset("augself", 32))
+    t = augself.targets(table, join(params_by_hand()), preset("augself", 32))
     # crop: centre (y0 + h/2, x0 + w/2) and size, view 1 minus view 2.
     want_crop = torch.tensor([
         [0.35 - 0.5, 0.4 - 0.5, 0.5 - 1.0, 0.4 - 1.0],
@@ -96,7 +103,7 @@ def test_augself_rot_row_is_turns_apart_mod_4():
     p = identity(3, 2)
     p["rot"][:, 0, 0] = torch.tensor([0.0, 3.0, 1.0])
     p["rot"][:, 1, 0] = torch.tensor([0.0, 1.0, 2.0])
-    t = augself.targets(augself.rows({"rot": 1.0}), p, preset("augself", 32))["rot"]
+    t = augself.targets(augself.rows({"rot": 1.0}), join(p), preset("augself", 32))["rot"]
     # (v1, v2): 0, 2, 3 (1 - 2 = -1 = 3 mod 4); (v2, v1): 0, 2, 1
     assert t.argmax(1).tolist() == [0, 2, 3, 0, 2, 1] and (t.sum(1) == 1).all()
 
@@ -107,7 +114,7 @@ def test_augself_zero_weight_removes_row_and_loss_matches_naive():
     table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "gray": 0.0, "rot": 0.5})
     assert [r.field for r in table] == ["crop", "color", "flip", "rot"]
     torch.manual_seed(0)
-    recipe = preset("augself", 32)
+    recipe = turning(preset("augself", 32))
     head = AugSelf(8, table, recipe, hidden=16).eval()
     with torch.no_grad():  # non-trivial BN statistics, so that a block mix-up shows
         for bn in (head.heads.bn1, head.heads.bn2):
@@ -117,7 +124,7 @@ def test_augself_zero_weight_removes_row_and_loss_matches_naive():
     params = params_by_hand()
     params["rot"][:, :, 0] = torch.tensor([[1.0, 0.0], [2.0, 3.0], [3.0, 3.0]])
     out = head([f1, f2], B(params))
-    want = augself.targets(table, params, recipe)
+    want = augself.targets(table, join(params), recipe)
     widths = [r.width for r in table]
     total = 0.0
     for i, r in enumerate(table):
@@ -139,7 +146,7 @@ def test_augself_logs_each_row_in_float32_under_bf16_autocast():
     bf16 (3 significant digits; found by test_train on an H200)."""
     table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "rot": 0.5})
     torch.manual_seed(1)
-    head = AugSelf(8, table, preset("augself", 32), hidden=16).eval()
+    head = AugSelf(8, table, turning(preset("augself", 32)), hidden=16).eval()
     f1, f2 = torch.randn(6, 8), torch.randn(6, 8)
     params = identity(6, 2)
     params["crop"] += 0.1 * torch.rand(params["crop"].shape)
@@ -157,7 +164,7 @@ def test_batched_head_trains_like_separate_heads():
     the batched head against separate per-row heads on the same batch of pairs."""
     table = augself.rows({"crop": 1.0, "color": 0.5, "flip": 0.25, "rot": 0.5})
     torch.manual_seed(1)
-    recipe = preset("augself", 32)
+    recipe = turning(preset("augself", 32))
     head = AugSelf(8, table, recipe, hidden=16)
     widths = [r.width for r in table]
     naive = [_naive_head(head.heads, i, widths, 16).train() for i in range(len(table))]
@@ -165,7 +172,7 @@ def test_batched_head_trains_like_separate_heads():
     params = params_by_hand()
     params["rot"][:, :, 0] = torch.tensor([[1.0, 0.0], [2.0, 3.0], [3.0, 3.0]])
     head([f1, f2], B(params))["loss"].backward()
-    want = augself.targets(table, params, recipe)
+    want = augself.targets(table, join(params), recipe)
     z = torch.cat([torch.cat([f1, f2], 1), torch.cat([f2, f1], 1)])  # (v1, v2) then (v2, v1)
     total = 0.0
     for r, m in zip(table, naive):
@@ -193,13 +200,11 @@ def test_batched_targets_equal_the_row_definitions():
     (row 2i the order (v1, v2) of sample i, row 2i+1 the order (v2, v1)),
     on random parameters, for views whose colour ranges differ (the centres of the
     colour code then do not cancel)."""
-    import dataclasses
-
     table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
                                            "solarize", "rot")})
     base = preset("byol", 32)
-    recipe = dataclasses.replace(base, views=(
-        base.views[0], dataclasses.replace(base.views[1], jitter=(0.2, 0.6, 0.3, 0.05))))
+    recipe = turning(dataclasses.replace(base, views=(
+        base.views[0], dataclasses.replace(base.views[1], jitter=(0.2, 0.6, 0.3, 0.05)))))
     g = torch.Generator().manual_seed(3)
     params = identity(64, 2)
     for k in params:
@@ -208,8 +213,8 @@ def test_batched_targets_equal_the_row_definitions():
         params[k] = params[k].round()
     params["rot"] = (params["rot"] * 4).floor()
     head = AugSelf(8, table, recipe, hidden=4)
-    want = augself.targets(table, params, recipe)
-    got = head.targets(params)
+    want = augself.targets(table, join(params), recipe)
+    got = head.targets(join(params))
     stacked = torch.cat([want[r.field] for r in table], 1)  # (v1, v2) rows, then (v2, v1)
     interleaved = stacked.view(2, 64, -1).transpose(0, 1).reshape(128, -1)
     torch.testing.assert_close(got, interleaved, atol=1e-6, rtol=1e-6)
@@ -263,7 +268,7 @@ def test_targets_read_the_first_two_views_of_a_multi_view_batch_and_fit_an_fp64_
     targets are the float32 ones, widened."""
     table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
                                            "solarize", "rot")})
-    recipe = preset("swav", 32)
+    recipe = turning(preset("swav", 32))
     assert recipe.num_views > 2
     g = torch.Generator().manual_seed(9)
     params = identity(5, recipe.num_views)
@@ -271,10 +276,10 @@ def test_targets_read_the_first_two_views_of_a_multi_view_batch_and_fit_an_fp64_
         params[k] += torch.rand(params[k].shape, generator=g)
     params["rot"] = torch.randint(0, 4, (5, recipe.num_views, 1), generator=g).float()
     head = AugSelf(8, table, recipe, hidden=16)
-    two = {k: t[:, :2].contiguous() for k, t in params.items()}
+    two = join(params)[:, :2].contiguous()
     want = head.targets(two)
-    assert torch.equal(head.targets(params), want)
-    wide = head.double().targets(params)
+    assert torch.equal(head.targets(join(params)), want)
+    wide = head.double().targets(join(params))
     assert wide.dtype == torch.float64
     torch.testing.assert_close(wide, want.double(), rtol=1e-6, atol=1e-6)
 
@@ -295,7 +300,7 @@ def test_rows_keep_the_weighted_ones_and_refuse_unknown_names():
     with pytest.raises(ValueError, match=r"unknown AugSelf rows \['bogus', 'hue'\]"):
         augself.rows({"crop": 1.0, "hue": 1.0, "bogus": 1.0})
     with pytest.raises(ValueError, match="unknown loss 'mse'"):
-        augself.Row("crop", 4, "mse", 1.0, augself._crop)
+        augself.Row("crop", 4, "mse", 1.0, augself.centre_and_size)
 
 
 def test_row_targets_stay_on_the_params_device():
@@ -305,6 +310,23 @@ def test_row_targets_stay_on_the_params_device():
     table = augself.rows({k: 1.0 for k in ("crop", "color", "flip", "blur", "gray",
                                            "solarize", "rot")})
     params = {k: t.to("meta") for k, t in identity(3, 2).items()}
-    got = augself.targets(table, params, preset("augself", 32))
+    got = augself.targets(table, join(params), preset("augself", 32))
     assert set(got) == {r.field for r in table}
     assert all(t.device.type == "meta" for t in got.values())
+
+
+def test_augself_rot_without_turning_views_is_refused_at_build_time():
+    """The config refuses --augself-rot W when neither of the first two views turns
+    (tests/test_hostile_config.py); the objective built from a Config that skipped
+    that check, with such a recipe, is refused too: its rot head would train on
+    class 0 alone."""
+    from trainer.build import build_objective
+    from trainer.config import from_argv
+
+    cfg = from_argv(["--data", "-", "--out", "-", "--method", "simsiam", "--aux", "augself",
+                     "--backbone", "small", "--size", "32", "--no-probe"])
+    cfg.augself_rot = 1.0  # past validate(): what a caller building by hand could do
+    with pytest.raises(ValueError, match="row 'rot'.*neither turns.*rotate: true"):
+        build_objective(cfg, preset("augself", 32), 0)
+    objective = build_objective(cfg, turning(preset("augself", 32)), 0)
+    assert [r.field for r in objective.aux.table] == ["crop", "color", "rot"]
