@@ -23,22 +23,31 @@ crop comes first: a loader computes it where it decodes. Everything after it
 is DRAWN, per view, by the counter RNG from the view's recipe (sampling.py in
 torch, photometric_cpu in numba): DRAWN_WIDTH values starting at DRAWN_AT,
 named DRAWN_NAMES; ``AT[name]`` is a value's position in that drawn row. A new
-field is added here (and in FIELDS' order of operations), in its draw and its
-renderers; every offset follows.
+field is added to VALUES (in its place in the order of operations) and
+IDENTITY, in its draw and its renderers; every width, offset and name follows.
 """
 
 from __future__ import annotations
 
 import torch
 
-FIELDS: dict[str, int] = {"crop": 4, "flip": 1, "color": 4, "gray": 1, "blur": 1, "solarize": 1,
-                          "rot": 1}
+# The schema, stated once: each field (in order of operations) and the names of
+# its values; every width, offset and name list below is derived from it.
+VALUES: dict[str, tuple[str, ...]] = {
+    "crop": ("crop_y0", "crop_x0", "crop_h", "crop_w"),
+    "flip": ("flip",),
+    "color": ("brightness", "contrast", "saturation", "hue"),
+    "gray": ("gray",),
+    "blur": ("blur",),
+    "solarize": ("solarize",),
+    "rot": ("rot",),
+}
+FIELDS: dict[str, int] = {k: len(names) for k, names in VALUES.items()}
 WIDTH = sum(FIELDS.values())
 OFFSETS: dict[str, int] = {k: sum(list(FIELDS.values())[:i]) for i, k in enumerate(FIELDS)}
 
 # A name for each of the WIDTH values, in order (reports, the augparams probe).
-NAMES: list[str] = ["crop_y0", "crop_x0", "crop_h", "crop_w", "flip", "brightness", "contrast",
-                    "saturation", "hue", "gray", "blur", "solarize", "rot"]
+NAMES: list[str] = [n for names in VALUES.values() for n in names]
 
 # What the counter RNG draws per view: every field after the crop.
 DRAWN: tuple[str, ...] = tuple(FIELDS)[1:]
@@ -57,7 +66,7 @@ IDENTITY: dict[str, tuple[float, ...]] = {
     "rot": (0.0,),
 }
 
-assert list(FIELDS)[0] == "crop" and len(NAMES) == WIDTH and set(IDENTITY) == set(FIELDS)
+assert list(FIELDS)[0] == "crop" and len(set(NAMES)) == WIDTH and set(IDENTITY) == set(FIELDS)
 assert all(len(IDENTITY[k]) == w for k, w in FIELDS.items())
 
 

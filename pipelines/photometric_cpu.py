@@ -29,6 +29,7 @@ draws them with the counter RNG exactly as sampling.sample_rest does in torch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numba
@@ -45,29 +46,38 @@ _FLIP, _BRI, _CON, _SAT, _HUE, _GRAY, _BLUR, _SOL, _ROT = (
                            "solarize", "rot"))
 assert len(REST) == 9, "a new drawn field needs its draw (draw_rest) and its renderer here"
 
-# Recipe of one view as a float64 row for numba (recipe_row), each setting at its
-# position ROW[name]: the colour ranges as (lo, hi) pairs in b, c, s, h order.
-ROW: dict[str, int] = {n: i for i, n in enumerate((
-    "flip_p", "jitter_p", "b_lo", "b_hi", "c_lo", "c_hi", "s_lo", "s_hi", "h_lo", "h_hi",
-    "gray_p", "blur_p", "sigma_lo", "sigma_hi", "solarize_p", "rotate", "rotate_shift"))}
+# The draw table: the settings of one view (recipe.ViewRecipe) that the draws read,
+# as a float64 row for numba, each at ROW[name]. Derived from ViewRecipe's own
+# fields (all but the crop's, which sampling.crop_box reads), in their order, each
+# flattened; ``jitter`` enters as its torchvision ranges (color_ranges: (lo, hi)
+# per b, c, s, h), which is what the draw uses.
+_CROP_SETTINGS = ("size", "scale", "ratio")
+
+
+def _settings(vr: ViewRecipe) -> dict[str, tuple[float, ...]]:
+    out = {}
+    for f in dataclasses.fields(ViewRecipe):
+        if f.name in _CROP_SETTINGS:
+            continue
+        value = getattr(vr, f.name)
+        if f.name == "jitter":
+            value = [x for pair in vr.color_ranges() for x in pair]
+        out[f.name] = tuple(float(x) for x in np.atleast_1d(value))
+    return out
+
+
+_WIDTHS = {k: len(v) for k, v in _settings(ViewRecipe()).items()}
+ROW: dict[str, int] = {k: sum(list(_WIDTHS.values())[:i]) for i, k in enumerate(_WIDTHS)}
 _R_FLIP, _R_JITTER, _R_COLOR, _R_GRAY, _R_BLUR, _R_SIGMA, _R_SOL, _R_ROT, _R_SHIFT = (
-    ROW[n] for n in ("flip_p", "jitter_p", "b_lo", "gray_p", "blur_p", "sigma_lo", "solarize_p",
-                     "rotate", "rotate_shift"))
+    ROW[n] for n in ("flip_p", "jitter_p", "jitter", "gray_p", "blur_p", "blur_sigma",
+                     "solarize_p", "rotate", "rotate_shift"))
 
 _uniform = numba.njit(cr.uniform_np)
 
 
 def recipe_row(vr: ViewRecipe) -> np.ndarray:
-    (b0, b1), (c0, c1), (s0, s1), (h0, h1) = vr.color_ranges()
-    values = {"flip_p": vr.flip_p, "jitter_p": vr.jitter_p, "b_lo": b0, "b_hi": b1, "c_lo": c0,
-              "c_hi": c1, "s_lo": s0, "s_hi": s1, "h_lo": h0, "h_hi": h1, "gray_p": vr.gray_p,
-              "blur_p": vr.blur_p, "sigma_lo": vr.blur_sigma[0], "sigma_hi": vr.blur_sigma[1],
-              "solarize_p": vr.solarize_p, "rotate": float(vr.rotate),
-              "rotate_shift": float(vr.rotate_shift)}
-    row = np.empty(len(ROW), dtype=np.float64)
-    for name, i in ROW.items():
-        row[i] = values[name]
-    return row
+    """One view's draw table row, float64 (sum of the settings' widths,)."""
+    return np.array([x for v in _settings(vr).values() for x in v], dtype=np.float64)
 
 
 def recipe_rows(recipe: Recipe) -> np.ndarray:
