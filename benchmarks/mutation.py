@@ -66,8 +66,8 @@ class Module:
 
 # AugSelf's target code: the parameter -> target functions and the head's
 # targets(); not the head's layers (RowHeads, _MaskGrad, forward).
-_AUGSELF_TARGETS = ("crop_code", "color_code", "_crop", "_color", "_same_flip", "_turns_apart",
-                    "_difference", "rows", "targets", "_code", "code_map")
+_AUGSELF_TARGETS = ("centre_and_size", "over_range", "value", "rows", "columns", "code_map",
+                    "kinds", "finish", "targets")
 
 MODULES = [
     Module("counter_rng", "pipelines/counter_rng.py", tuple(SAMPLING_TESTS)),
@@ -75,9 +75,11 @@ MODULES = [
     Module("losses", "trainer/losses.py", ("tests/test_losses.py", "tests/test_losses_ddp.py")),
     Module("optim", "trainer/optim.py", ("tests/test_optim.py",)),
     Module("sampling", "pipelines/sampling.py", tuple(SAMPLING_TESTS)),
-    Module("augself", "trainer/augself.py", ("tests/test_aux.py",),
+    Module("augself", "trainer/augself.py", ("tests/test_aux.py", "tests/test_augself_codes.py"),
            tuple(f"trainer.augself.x_{f}__mutmut_*" for f in _AUGSELF_TARGETS)
-           + ("trainer.augself.xǁAugSelfǁtargets__mutmut_*",)),
+           + tuple(f"trainer.augself.xǁ{c}ǁ{m}__mutmut_*"
+                   for c, m in (("AugSelf", "targets"), ("Row", "affine"), ("Row", "target"),
+                                ("Row", "__post_init__")))),
     Module("reference", "pipelines/reference.py",
            ("tests/test_reference.py",
             "tests/test_pipeline_agreement.py::test_batched_photometric_equals_reference_ops")),
