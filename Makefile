@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # Set-up is idempotent: a stamp file records that the venv matches
-# requirements.txt and pyproject.toml, so a second run costs nothing.
+# requirements.txt, pyproject.toml and the torch/DALI builds chosen for this
+# machine's NVIDIA driver, so a second run costs nothing.
 
 SHELL := /bin/bash
 PY_BOOT ?= python3
@@ -9,6 +10,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 APT_PKGS := libopencv-dev libturbojpeg0-dev pkg-config
 DEMO_DIR ?= demo
+# Which torch/DALI builds: auto reads the driver with nvidia-smi (setup/cuda_choice.py,
+# README "GPU machines"); 12, 13 or cpu skip that, e.g. on a login node without the GPU.
+# TORCH_INDEX: a mirror of PyTorch's cu126 index for the CUDA 12 builds.
+CUDA ?= auto
+TORCH_INDEX ?=
+CHOICE := $(VENV)/.cuda-choice
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k convert -x"`.
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist, work-stealing: a few tests take minutes and
@@ -18,7 +25,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 TEST_TIMEOUT ?= 900
 
-.PHONY: setup apt demo test test-all bench mutation lint clean help
+.PHONY: setup apt FORCE demo test test-all bench mutation lint clean help
 
 help:
 	@echo "make demo      set up, then generate + convert the synthetic dataset, pretrain SimSiam and SimSiam+AugSelf, report"
@@ -43,10 +50,23 @@ apt:
 	  fi; \
 	fi
 
-$(STAMP): requirements.txt pyproject.toml | apt
+# The choice is made on every run and rewritten only when it changes, so a changed
+# driver or CUDA= reinstalls and an unchanged one costs nothing. A venv set up before
+# the choice existed holds the default set: a default choice leaves it as it is.
+$(CHOICE): FORCE
+	@mkdir -p $(VENV)
+	@$(PY_BOOT) setup/cuda_choice.py --cuda '$(CUDA)' --torch-index '$(TORCH_INDEX)' > $@.new \
+	  || { rm -f $@.new; exit 1; }
+	@if cmp -s $@.new $@; then rm -f $@.new; \
+	else if [ ! -e $@ ] && [ -e $(STAMP) ] && grep -qx -- '-r' $@.new; then touch -r $(STAMP) $@.new; fi; \
+	  mv $@.new $@; fi
+
+$(STAMP): requirements.txt pyproject.toml $(CHOICE) | apt
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -r requirements.txt
+	@sed -n 's/^# //p' $(CHOICE)
+	$(PY) -m pip install -q $$(grep -v '^#' $(CHOICE)) \
+	  || { echo "set-up: pip could not install this choice: $$(sed -n 's/^# set-up: //p' $(CHOICE))" >&2; exit 1; }
 	# ffcv's build imports numpy, so it builds against the venv's numpy, not an isolated one.
 	$(PY) -m pip install -q --no-build-isolation ffcv==1.0.2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
