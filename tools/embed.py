@@ -3,7 +3,8 @@
     python -m tools.embed RUN --data DIR --out FILE.npy|FILE.csv
 
 Each image is resized whole to the run's view side and passed through the
-run's backbone (``backbone.pt``) in eval mode, on the GPU when there is one
+run's backbone (``backbone.safetensors``, or ``backbone.pt`` where a run of
+an earlier version has no .safetensors) in eval mode, on the GPU when there is one
 (trainer/probes/features.py: the evaluation's own extraction), with a progress
 bar. Output, by the extension of FILE:
 
@@ -15,7 +16,7 @@ bar. Output, by the extension of FILE:
 
 The file is written atomically: an interrupted run leaves no partial file. The
 backbone is checked against the run's backbone.json first (trainer/checkpoint.py:
-a backbone.pt it does not describe is refused) and the last line names its step.
+a backbone file it does not describe is refused) and the last line names its step.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def write(path: Path, rows: np.ndarray) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="embed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run", help="a finished run folder (config.json, backbone.pt)")
+    p.add_argument("run", help="a finished run folder (config.json, and "
+                               "backbone.safetensors or backbone.pt)")
     p.add_argument("--data", required=True, help="a converted dataset folder to embed")
     p.add_argument("--out", required=True, help="output file, .npy or .csv")
     p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     missing = missing_run_file(run)
     if missing is not None:
         raise FileNotFoundError(f"{missing}: missing; is {run} a finished run?")
-    step = backbone_info(run)["step"]  # a backbone.pt backbone.json does not describe: named
+    step = backbone_info(run)["step"]  # a backbone file backbone.json does not describe: named
     read_manifest(Path(a.data))  # a converted dataset, named if not
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")

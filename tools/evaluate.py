@@ -22,6 +22,9 @@ The test split's labels are matched to the train split's by name: a test class
 left out of linear and knn; a labeling only one split has is skipped. A task, or
 one labeling of it, that cannot run on these splits (too few samples) is recorded
 as skipped, named on stderr, and the others still run.
+The backbone is RUN/backbone.safetensors, or RUN/backbone.pt where there is no
+.safetensors (a run of an earlier version); each one there is checked against
+RUN/backbone.json first, and one it does not describe is refused, named.
 Writes RUN/eval/<dataset>.json (every figure, the step the backbone is from,
 which test samples were left out) and .md (one table row).
 """
@@ -66,7 +69,8 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run folder (config.json and backbone.pt from trainer.run)")
+    p.add_argument("run", help="run folder from trainer.run (config.json, and "
+                               "backbone.safetensors or backbone.pt)")
     p.add_argument("--train", required=True, help="converted split to fit the probes on")
     p.add_argument("--test", required=True, help="converted split to report on")
     p.add_argument("--task", type=_tasks, default=ev.TASKS,
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
     missing = ev.missing_run_file(run)
     if missing is not None:
         raise FileNotFoundError(f"{missing}: missing; is {run} a finished trainer run "
-                                "(config.json and backbone.pt)?")
+                                "(config.json, and backbone.safetensors or backbone.pt)?")
     _check_split(a.train, "--train")
     _check_split(a.test, "--test")
     import torch

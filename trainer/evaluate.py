@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pipelines.cli import Range
-from trainer.checkpoint import backbone_info, write_text_atomic
+from trainer.checkpoint import BACKBONE_FILES, backbone_info, load_backbone_state, write_text_atomic
 from trainer.probes.features import cached, read_labels
 from trainer.probes.labelings import Matched, match
 
@@ -269,17 +269,23 @@ def dataset_name(data: str) -> str:
     return f"{p.parent.name}_{p.name}"
 
 
-RUN_FILES = ("config.json", "backbone.pt")
+RUN_FILES = ("config.json", BACKBONE_FILES)  # a tuple: any one of them
 
 
 def missing_run_file(run_dir) -> Path | None:
-    """The first file a finished run folder lacks (RUN_FILES), or None."""
-    return next((Path(run_dir) / n for n in RUN_FILES if not (Path(run_dir) / n).is_file()),
-                None)
+    """The first file a finished run folder lacks (RUN_FILES; of the backbone files,
+    named by the first when it has neither), or None."""
+    for names in RUN_FILES:
+        names = (names,) if isinstance(names, str) else names
+        if not any((Path(run_dir) / n).is_file() for n in names):
+            return Path(run_dir) / names[0]
+    return None
 
 
 def load_backbone(run_dir: Path, device="cpu"):
-    """The run's backbone.pt into a fresh backbone built from its config.json."""
+    """The run's backbone into a fresh backbone built from its config.json (strict):
+    backbone.safetensors where there is one, else backbone.pt; each one there is
+    first checked against backbone.json (trainer/checkpoint.py: load_backbone_state)."""
     from trainer.build import stem_for
     from trainer.config import from_dict
     from trainer.models import build_backbone
@@ -287,7 +293,7 @@ def load_backbone(run_dir: Path, device="cpu"):
     saved = json.loads((Path(run_dir) / "config.json").read_text())
     cfg = from_dict(saved["config"])
     net, _ = build_backbone(cfg.backbone, stem_for(cfg))
-    state = torch.load(Path(run_dir) / "backbone.pt", map_location="cpu", weights_only=True)
+    state, _ = load_backbone_state(run_dir)
     net.load_state_dict(state)
     return net.to(device).to(memory_format=torch.channels_last), cfg, saved.get("resolved", {})
 
@@ -295,8 +301,9 @@ def load_backbone(run_dir: Path, device="cpu"):
 def evaluate_run(run_dir, train_data: str, test_data: str, device="cpu",
                  ecfg: EvalConfig | None = None) -> dict:
     """Evaluate RUN's backbone; writes RUN/eval/<dataset>.json (with the step the
-    backbone is from, and which test samples were left out) and .md. A backbone.pt
-    that backbone.json does not describe is refused before any work."""
+    backbone is from, and which test samples were left out) and .md. A backbone file
+    (.safetensors or .pt) that backbone.json does not describe is refused before any
+    work."""
     from pipelines.recipe import parse_jitter
 
     run_dir = Path(run_dir)

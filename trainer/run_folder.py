@@ -8,8 +8,8 @@ A run folder holds what a run wrote (OUTPUTS) and maybe files of the user's
   space, so its absence proves nothing) needs --resume or --overwrite, and a
   folder holding only other files needs --overwrite: the message says which;
 - --overwrite removes the earlier run's OUTPUTS before anything is written (a
-  stale backbone.pt next to a new config.json would be evaluated as the new
-  run's) and keeps every other file; a config.json that is not a trainer's
+  stale backbone.safetensors or .pt next to a new config.json would be evaluated
+  as the new run's) and keeps every other file; a config.json that is not a trainer's
   (a user's own, named so) is refused, since replacing it would lose it;
 - one process at a time: rank 0 holds the folder's lock (pipelines/folder_lock.py)
   for the run's lifetime; a second trainer, or tools.evaluate writing into the
@@ -33,7 +33,8 @@ from trainer import checkpoint
 
 # Everything trainer.run writes into a run folder (tools.evaluate adds eval/).
 OUTPUTS = ("config.json", "metrics.jsonl", checkpoint.NAME, checkpoint.BACKBONE,
-           checkpoint.BACKBONE_INFO, "recipe.json", "tb", "eval", "wandb")
+           checkpoint.BACKBONE_ST, checkpoint.BACKBONE_INFO, "recipe.json", "tb", "eval",
+           "wandb")
 
 
 def _contents(run_dir: Path) -> list[str]:
