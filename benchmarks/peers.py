@@ -216,9 +216,11 @@ class DaliStockLoader:
 
     def __iter__(self):
         while True:
-            for out in self.it:
-                d = out[0]
-                yield PeerBatch([d[n] for n in self.names], d["label"].reshape(-1).long())
+            try:  # next(), not a for loop: iter() on DALI's iterator mid-epoch warns
+                d = next(self.it)[0]
+            except StopIteration:
+                continue  # the epoch ended; auto_reset has started the next
+            yield PeerBatch([d[n] for n in self.names], d["label"].reshape(-1).long())
 
 
 def build_peer(name: str, files, labels, recipe: Recipe, batch_size: int, workers: int,
