@@ -25,7 +25,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -37,15 +36,11 @@ from pipelines.recipe import parse_jitter, to_spec
 from trainer import checkpoint, datasets, dist, optim, run_folder, systems
 from trainer.build import build_objective, rotated_views
 from trainer.config import Config, check_environment, from_argv, resolve_preset, to_dict
-from trainer.models import backbone_state_dict
+from trainer.loop import Loop, NonFinite, Run, log_line, save  # noqa: F401 - NonFinite: as before
+from trainer.loop import kept as _kept  # noqa: F401 - importable from here, as before
 from trainer.runlog import Metrics, progress_bar, write_config
-from trainer.step import Tally, train_step  # noqa: F401 - train_step: also for tools, benchmarks
+from trainer.step import train_step  # noqa: F401 - train_step: also for tools, benchmarks
 from trainer.watch import Watch
-
-
-def _state(objective, optimizer, scaler, step: int) -> dict:
-    return {"step": step, "model": objective.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None}
 
 
 @contextlib.contextmanager
@@ -68,24 +63,6 @@ def _stop_on_signals():
     finally:
         for sig, old in handlers.items():
             signal.signal(sig, old)
-
-
-class NonFinite(RuntimeError):
-    pass
-
-
-def _kept(run_dir: Path) -> str:
-    """What a run stopped by non-finite values leaves, truthfully."""
-    path = run_dir / checkpoint.NAME
-    if path.is_file():
-        try:
-            at = torch.load(path, map_location="cpu", weights_only=True)["step"]
-        except Exception:  # noqa: BLE001 - only the message depends on it
-            at = "?"
-        return (f"the last good checkpoint (step {at}) is kept. Check the data and --resume, "
-                "or start over with a lower --lr (--overwrite reuses this folder)")
-    return ("no checkpoint had been written yet, so there is nothing to keep. Start over with a "
-            "lower --lr (add --overwrite to reuse this folder), or check the data")
 
 
 class Preempted(Exception):
@@ -158,12 +135,11 @@ def _same_dataset(run_dir: Path, data: str, now: dict) -> None:
                          "moved), or start a new run")
 
 
-def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: int,
-              data_id: dict) -> dict:
-    sysm = systems.choose(cfg, env)
+def _build_loader(cfg: Config, env: dist.Env, sysm: systems.Systems, backend: str):
+    """This rank's loader: its share of each batch, on the chosen device."""
     preset = resolve_preset(cfg)
     n_rotated, rotated_size = rotated_views(cfg)
-    loader = build_loader(LoaderConfig(
+    return build_loader(LoaderConfig(
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
         rotated_views=n_rotated, rotated_size=rotated_size,
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
@@ -171,6 +147,40 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
         device=str(sysm.device), on_damaged=cfg.on_damaged, triton_check=cfg.triton_check),
         dtype=sysm.dtype)
+
+
+def _resume(run_dir: Path, objective, optimizer, scaler) -> int | None:
+    """--resume: weights, buffers and optimiser state from the checkpoint; its step,
+    or None where none was written yet (the run starts from step 0)."""
+    ck = checkpoint.load(run_dir)
+    if ck is None:
+        return None
+    objective.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if scaler is not None and ck["scaler"] is not None:
+        scaler.load_state_dict(ck["scaler"])
+    return ck["step"]
+
+
+def _run_files(cfg: Config, run_dir: Path, resolved: dict, data_id: dict, recipe,
+               resumed_at: int | None) -> tuple[Metrics, Watch]:
+    """The main rank's files: config.json, recipe.json, metrics.jsonl (a resumed run
+    keeps its lines up to ``resumed_at``) and the watchers (TensorBoard, W&B)."""
+    write_config(run_dir, cfg, resolved, data_id)
+    checkpoint.write_text_atomic(run_dir / "recipe.json",  # every view, as trained
+                                 json.dumps(to_spec(recipe), indent=1) + "\n")
+    watch = Watch(run_dir, cfg.tensorboard, cfg.wandb, resumed_at,
+                  {"config": to_dict(cfg), "resolved": resolved})
+    atexit.register(watch.close)  # event files flushed however the run ends
+    return Metrics(run_dir, resumed_at, watch), watch
+
+
+def _set_up(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: int,
+            data_id: dict) -> tuple[Run, int]:
+    """Loader, objective, optimiser, the checkpoint (--resume) and the run folder's
+    files; the Run and the step to start from."""
+    sysm = systems.choose(cfg, env)
+    loader = _build_loader(cfg, env, sysm, backend)
     objective = build_objective(cfg, loader.recipe, classes)
     model, objective = systems.prepare(objective, cfg, sysm, env)
     spe = len(loader)
@@ -178,115 +188,74 @@ def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: 
     lr = cfg.lr * cfg.batch_size / 256
     optimizer = optim.build(objective.param_groups(), cfg.optimizer, lr, cfg.momentum,
                             cfg.weight_decay)
-    warmup = round(cfg.warmup_epochs * spe)
-
-    step = 0
-    ck = checkpoint.load(run_dir) if cfg.resume else None
-    if ck is not None:
-        objective.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if sysm.scaler is not None and ck["scaler"] is not None:
-            sysm.scaler.load_state_dict(ck["scaler"])
-        step = ck["step"]
-    resolved = {"backend": backend, "preset": preset, "device": str(sysm.device),
+    resumed_at = _resume(run_dir, objective, optimizer, sysm.scaler) if cfg.resume else None
+    resolved = {"backend": backend, "preset": resolve_preset(cfg), "device": str(sysm.device),
                 "dtype": str(sysm.dtype).removeprefix("torch."), "world": env.world,
                 "steps_per_epoch": spe, "total_steps": total, "lr": lr,
                 "num_classes": classes}
     metrics, watch = None, None
     if env.main:
-        write_config(run_dir, cfg, resolved, data_id)
-        checkpoint.write_text_atomic(run_dir / "recipe.json",  # every view, as trained
-                                     json.dumps(to_spec(loader.recipe), indent=1) + "\n")
-        watch = Watch(run_dir, cfg.tensorboard, cfg.wandb, step if ck is not None else None,
-                      {"config": to_dict(cfg), "resolved": resolved})
-        atexit.register(watch.close)  # event files flushed however the run ends
-        metrics = Metrics(run_dir, step if ck is not None else None, watch)
-    stop = min(total, cfg.max_steps) if cfg.max_steps else total
-    ckpt_every = cfg.ckpt_every or spe
+        metrics, watch = _run_files(cfg, run_dir, resolved, data_id, loader.recipe, resumed_at)
+    run = Run(cfg=cfg, env=env, run_dir=run_dir, loader=loader, model=model,
+              objective=objective, optimizer=optimizer, sysm=sysm, spe=spe, total=total,
+              warmup=round(cfg.warmup_epochs * spe),
+              stop=min(total, cfg.max_steps) if cfg.max_steps else total,
+              ckpt_every=cfg.ckpt_every or spe, resolved=resolved, metrics=metrics,
+              watch=watch)
+    return run, resumed_at or 0
 
-    def save(at: int) -> None:
-        if env.main:
-            state = _state(objective, optimizer, sysm.scaler, at)
-            if not checkpoint.all_finite(state["model"]):
-                raise NonFinite(f"step {at}: the model holds non-finite values (weights or "
-                                "BN statistics); " + _kept(run_dir))
-            checkpoint.save_atomic(state, run_dir / checkpoint.NAME)
-            # the backbone of every checkpoint next to it: backbone.pt always is the
-            # checkpoint's, whatever stops the run (trainer/checkpoint.py)
-            checkpoint.save_backbone(run_dir, backbone_state_dict(objective.method.backbone),
-                                     at, finished=at >= total)
 
-    skipped_total = 0
+def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: int,
+              data_id: dict) -> dict:
+    run, step = _set_up(cfg, env, run_dir, backend, classes, data_id)
     with _stop_on_signals() as stop_signal:
-        bar = progress_bar(stop, step, cfg.progress and env.main)
-        # Sums and counters on the device, read once per logged line (trainer/step.py):
-        # no device-to-host read in between, so the host queues steps ahead.
-        tally = Tally()
-        t_last, step_last = time.perf_counter(), step
-        last: dict[str, float] = {}
-        model.train()
-        while step < stop:
-            epoch, skip = divmod(step, spe)
-            loader.set_epoch(epoch, skip)
-            # the lambda reads `step` when a damaged sample stops the run: the last
-            # finished step, on purpose
-            for batch in _checkpoint_on_damage(loader, lambda: save(step), cfg.out):  # noqa: B023
-                if watch is not None and step % spe == 0 and cfg.view_grid_every \
-                        and epoch % cfg.view_grid_every == 0:
-                    watch.views(batch, step)  # once every few epochs: a host copy is fine
-                cur_lr = optim.set_lr(optimizer, step, total, warmup)
-                tally.add(train_step(model, objective, optimizer, sysm, batch, step,
-                                     (step + 1) / total, check_finite=cfg.check_finite))
-                step += 1
-                # One process acts on a signal after the step it is in. Ranks agree on
-                # it when they read the tally, at the same logged steps on every rank.
-                stopping = env.world == 1 and bool(stop_signal)
-                if step % cfg.log_every == 0 or step == stop:
-                    now = time.perf_counter()
-                    rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
-                    got = tally.read(bool(stop_signal))
-                    stopping = stopping or got.stop
-                    skipped_total += got.skipped
-                    if got.skipped:
-                        what = ("step skipped" if got.skipped == 1 else
-                                f"{got.skipped} steps skipped since step {step_last}")
-                        print(f"step {step}: non-finite loss, {what} ({got.row} in a row)",
-                              file=sys.stderr)
-                    if got.row >= cfg.max_bad_steps:
-                        if env.main:
-                            metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
-                                           "skipped_steps": skipped_total,
-                                           "stopped": "non-finite loss"})
-                        raise NonFinite(f"stopped at step {step}: {got.row} steps in a row "
-                                        "had a non-finite loss (--max-bad-steps "
-                                        f"{cfg.max_bad_steps}); " + _kept(run_dir))
-                    last = got.means
-                    if env.main:
-                        metrics.write({"step": step, "epoch": step / spe, "lr": cur_lr,
-                                       "images_per_s": rate, "skipped_steps": skipped_total,
-                                       "damaged_samples": loader.damage.count,
-                                       **last})
-                        if last:
-                            bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
-                    t_last, step_last = now, step
-                bar.update(1)
-                if step % ckpt_every == 0 and step < stop:
-                    save(step)
-                if stopping and step < stop:
-                    bar.close()
-                    save(step)
-                    raise Preempted(stop_signal[0] if stop_signal else signal.SIGTERM, step)
-                if step >= stop:
-                    break
-        bar.close()  # the last step was logged (step == stop): nothing left in the tally
-        save(step)
-    summary = {"run": str(run_dir), "step": step, "final": last,
-               "skipped_steps": skipped_total, **resolved}
+        loop = Loop(step=step, step_last=step,
+                    bar=progress_bar(run.stop, step, cfg.progress and env.main))
+        _train_loop(run, loop, stop_signal)
+        loop.bar.close()  # the last step was logged (step == stop): nothing left in the tally
+        save(run, loop.step)
+    summary = {"run": str(run_dir), "step": loop.step, "final": loop.last,
+               "skipped_steps": loop.skipped_total, **run.resolved}
     if env.main:
-        watch.close()
+        run.watch.close()
         if cfg.test_data:
-            summary["eval"] = _evaluate(cfg, run_dir, sysm.device, step)
+            summary["eval"] = _evaluate(cfg, run_dir, run.sysm.device, loop.step)
     return summary
+
+
+def _train_loop(run: Run, loop: Loop, stop_signal: list[int]) -> None:
+    """Steps until run.stop, a checkpoint every --ckpt-every steps. A signal stops
+    the loop after the step it is in, with a checkpoint at it (Preempted)."""
+    cfg = run.cfg
+    run.model.train()
+    while loop.step < run.stop:
+        epoch, skip = divmod(loop.step, run.spe)
+        run.loader.set_epoch(epoch, skip)
+        # the lambda reads `loop.step` when a damaged sample stops the run: the last
+        # finished step, on purpose
+        for batch in _checkpoint_on_damage(run.loader, lambda: save(run, loop.step), cfg.out):
+            if run.watch is not None and loop.step % run.spe == 0 and cfg.view_grid_every \
+                    and epoch % cfg.view_grid_every == 0:
+                run.watch.views(batch, loop.step)  # once every few epochs: a host copy is fine
+            lr = optim.set_lr(run.optimizer, loop.step, run.total, run.warmup)
+            loop.tally.add(train_step(run.model, run.objective, run.optimizer, run.sysm, batch,
+                                      loop.step, (loop.step + 1) / run.total,
+                                      check_finite=cfg.check_finite))
+            loop.step += 1
+            # One process acts on a signal after the step it is in. Ranks agree on
+            # it when they read the tally, at the same logged steps on every rank.
+            stopping = run.env.world == 1 and bool(stop_signal)
+            if loop.step % cfg.log_every == 0 or loop.step == run.stop:
+                stopping = log_line(run, loop, lr, bool(stop_signal)) or stopping
+            loop.bar.update(1)
+            if loop.step % run.ckpt_every == 0 and loop.step < run.stop:
+                save(run, loop.step)
+            if stopping and loop.step < run.stop:
+                loop.bar.close()
+                save(run, loop.step)
+                raise Preempted(stop_signal[0] if stop_signal else signal.SIGTERM, loop.step)
+            if loop.step >= run.stop:
+                break
 
 
 class EvaluationFailed(RuntimeError):
