@@ -48,7 +48,7 @@ _EMPTY = "''"  # --peers '' as the command line shows it
 def _warmup_batches(loader: str, workers: int) -> int:
     """Batches to take before timing: the first (start-up) and every batch the
     loader can have made ahead of the consumer."""
-    if loader in (YARDSTICK, "tv2"):
+    if loader == YARDSTICK or loader.startswith("tv2"):
         return 1 + 2 * max(workers, 1)  # DataLoader: prefetch_factor 2 per worker
     return 1 + 2  # DALI's prefetch queue (loader_dali.PREFETCH); FFCV's batches ahead
 
@@ -101,9 +101,11 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default=",".join(peer_lib.PEERS),
                     help="peer pipelines timed next to the backends (benchmarks/peers.py); "
                     "'' for none")
-    ap.add_argument("--peer-window", choices=("users", "3sigma"), default="users",
-                    help="the peers' blur window: one size, a tenth of the view side, as "
-                    "their users set it (23 at 224 px); or 2*ceil(3 sigma)+1, the recipe's")
+    ap.add_argument("--peer-window", default="users",
+                    help="the peers' blur window: 'users' (one size, a tenth of the view side, "
+                    "as their users set it: 23 at 224 px) or '3sigma' (2*ceil(3 sigma)+1, the "
+                    "backends' own); 'users,3sigma' times each peer with both (the second as "
+                    "e.g. 'tv2 (3sigma)'); the first is the headline's")
     ap.add_argument("--sizes", default="96,224")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--compile", action="store_true",
@@ -113,11 +115,18 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     cli.require_positive(ap, a, 'n_images', 'batch', 'batches_per_run', 'repeats')
     backends = a.backends.split(",")
-    peers = [p for p in a.peers.split(",") if p]
-    unknown = [p for p in peers if p not in peer_lib.PEERS]
+    names = [p for p in a.peers.split(",") if p]
+    unknown = [p for p in names if p not in peer_lib.PEERS]
     if unknown:
         ap.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(peer_lib.PEERS)}")
-    missing = {"dali-stock"} & set(peers) if not peer_lib.dali_installed() else set()
+    windows = a.peer_window.split(",")
+    if not windows or set(windows) - {"users", "3sigma"}:
+        ap.error(f"--peer-window {a.peer_window!r}: 'users', '3sigma' or both, comma-separated")
+    # key -> (peer, blur window): the first window's under the peer's own name
+    peer_of = {(p if w == windows[0] else f"{p} ({w})"): (p, w) for w in windows for p in names}
+    peers = list(peer_of)
+    missing = {k for k, (p, _) in peer_of.items()
+               if p == "dali-stock" and not peer_lib.dali_installed()}
     timed = backends + [p for p in peers if p not in missing]
     sizes = [int(s) for s in a.sizes.split(",")]
     need = a.batch * (max(_warmup_batches(k, a.workers) for k in timed) + a.batches_per_run)
@@ -146,11 +155,11 @@ def main(argv=None) -> int:
                                    compile=a.compile)
                 loaders[size, be] = build_loader(cfg)
             device = loaders[size, backends[0]].device  # where the backends deliver
-            for p in peers:
-                if p not in missing:
-                    loaders[size, p] = peer_lib.build_peer(
-                        p, files, labels, loaders[size, backends[0]].recipe, a.batch,
-                        a.workers, device, window=a.peer_window)
+            for k in peers:
+                if k not in missing:
+                    loaders[size, k] = peer_lib.build_peer(
+                        peer_of[k][0], files, labels, loaders[size, backends[0]].recipe,
+                        a.batch, a.workers, device, window=peer_of[k][1])
         for r in range(a.repeats):
             for size in sizes:
                 for k in timed:
@@ -160,6 +169,7 @@ def main(argv=None) -> int:
                     results.setdefault((size, k), []).append(ips)
                     print(f"repeat {r} size {size} {k}: {ips:.0f} img/s", file=sys.stderr)
     printed, best = _peer_lines(sizes, backends, peers, missing, results)
+    a.peer_of = peer_of
     for line in printed:
         print(line)
     body = _section(a, sizes, backends, peers, missing, results, best, loaders)
@@ -190,7 +200,10 @@ def _section(a, sizes, backends, peers, missing, results, best, loaders) -> str:
         for be, st in ran.items() if st)
     shown = [p for p in peers if p not in missing]
     big = max(sizes)
-    be, fig, ratios = best[big]
+    be, fig, every = best[big]
+    first = {k for k, (_, w) in a.peer_of.items() if w == a.peer_window.split(",")[0]}
+    ratios = {k: r for k, r in every.items() if k in first}
+    others = {k: r for k, r in every.items() if k not in first}
     lines = ["## Loader throughput (benchmarks/loader.py)", ""]
     if ratios:
         lines += [f"**At {big} px the best backend, {be}, delivers "
@@ -200,7 +213,10 @@ def _section(a, sizes, backends, peers, missing, results, best, loaders) -> str:
                   + "): the pipelines people train with, measured side by side in this run "
                   "on the same JPEGs and cores; neither peer emits parameters."
                   + (f" Against the {YARDSTICK} yardstick: {fig / med[big, YARDSTICK]:.2f}x."
-                     if YARDSTICK in backends and be != YARDSTICK else ""), ""]
+                     if YARDSTICK in backends and be != YARDSTICK else "")
+                  + (" Same run, the peers' blur window set to another width: "
+                     + ", ".join(f"{r:.2f}x {k}" for k, r in others.items()) + "."
+                     if others else ""), ""]
     lines += [f"Images/s, each image decoded once and giving 2 views (preset `augself`: "
               f"crop scale 0.2-1, flip, colour jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale 0.2, "
               f"blur sigma 0.1-2 p 0.5), normalised float32 on the "
@@ -217,8 +233,11 @@ def _section(a, sizes, backends, peers, missing, results, best, loaders) -> str:
               "brightness_contrast + hsv and gaussian_blur under solo-learn's coin-flip mux, "
               "grayscale as hsv saturation 0, crop_mirror_normalize). Their blur window: "
               + ("a tenth of the view side, odd (23 at 224 px, 9 at 96), as their users set it "
-                 "(the backends' is 2*ceil(3 sigma)+1, at most 13)" if a.peer_window == "users"
+                 "(the backends' is 2*ceil(3 sigma)+1, at most 13)" if a.peer_window.startswith("users")
                  else "2*ceil(3 sigma)+1, the backends' own (tv2: 13, its largest)")
+              + (" (the columns marked (3sigma): the backends' own window, "
+                 "2*ceil(3 sigma)+1: tv2 13, its largest; DALI one per sample)"
+                 if "," in a.peer_window else "")
               + f". `{YARDSTICK}` is this project's reference-rendering backend: every view "
               "drawn by the reference ops per image, a correctness yardstick, not a tuned "
               "pipeline.", ""]

@@ -130,9 +130,10 @@ def _small(*extra):
 
 
 def test_benchmark_prints_each_peer_and_the_ratios(capsys):
-    assert bench.main(_small()) == 0
+    assert bench.main(_small("--peer-window", "users,3sigma")) == 0
     out = capsys.readouterr().out
     assert "peer tv2: " in out and " img/s at 24 px (emits no parameters)" in out
+    assert "peer tv2 (3sigma): " in out  # the same peer with the backends' blur window
     if HAVE_DALI:
         assert "peer dali-stock: " in out
         assert "best project backend / peer at 24 px: torchvision" in out
@@ -147,6 +148,13 @@ def test_dali_stock_says_not_installed_without_dali(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "peer dali-stock: not installed" in out
     assert "= " in out and "x tv2" in out and "x dali-stock" not in out
+
+
+def test_unknown_peer_or_window_is_refused_before_work():
+    for extra in (["--peers", "kornia"], ["--peer-window", "wide"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(_small(*extra))
+        assert e.value.code == 2
 
 
 @pytest.mark.slow
