@@ -9,7 +9,8 @@ import torch
 from pipelines.batch import Batch
 from pipelines.params import identity
 from trainer import condproj
-from trainer.methods import BYOL, Heads, MoCo, SimSiam, Supervised
+from trainer.config import Config
+from trainer.methods import BYOL, MoCo, SimSiam, Supervised
 from trainer.models import SmallResNet
 
 
@@ -25,7 +26,7 @@ def _batch(b=8, s=16, seed=0):
 def _method(cls):
     torch.manual_seed(0)
     net = SmallResNet()
-    return cls(net, net.num_features, Heads(proj_hidden=32, proj_dim=16, pred_hidden=8),
+    return cls(net, net.num_features, Config(proj_hidden=32, proj_dim=16, pred_hidden=8),
                large_images=False)
 
 
@@ -97,6 +98,6 @@ def test_momentum_encoders_follow_their_papers_schedule(cls, progress, m):
 
 def test_methods_without_a_projector_are_refused():
     net = SmallResNet()
-    sup = Supervised(net, net.num_features, Heads(num_classes=3), large_images=False)
+    sup = Supervised(net, net.num_features, Config(), large_images=False, num_classes=3)
     with pytest.raises(ValueError, match="condproj needs a method with a projector"):
         condproj.install(sup)

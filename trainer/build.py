@@ -10,22 +10,13 @@ import torch
 from pipelines.recipe import Recipe
 from trainer import augself, condproj, equimod, essl
 from trainer.config import Config
-from trainer.methods import METHODS, Heads
+from trainer.methods import METHODS, Method
 from trainer.models import build_backbone
 from trainer.objective import LinearProbe, Objective
 
 
 def stem_for(cfg: Config) -> str:
     return cfg.stem if cfg.stem != "auto" else ("cifar" if cfg.size <= 64 else "imagenet")
-
-
-def heads(cfg: Config, num_classes: int) -> Heads:
-    return Heads(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, pred_hidden=cfg.pred_hidden,
-                 proj_layers=cfg.proj_layers, temperature=cfg.temperature,
-                 momentum=cfg.target_momentum, queue_size=cfg.queue_size,
-                 prototypes=cfg.prototypes, freeze_prototypes=cfg.freeze_prototypes,
-                 num_classes=num_classes, barlow_lambda=cfg.barlow_lambda,
-                 vicreg=tuple(float(x) for x in cfg.vicreg_coeffs.split(",")))
 
 
 def rotated_views(cfg: Config) -> tuple[int, int | None]:
@@ -36,29 +27,49 @@ def rotated_views(cfg: Config) -> tuple[int, int | None]:
     return 0, None
 
 
+def _none(cfg: Config, method: Method, features: int, recipe: Recipe):
+    return None
+
+
+def _augself(cfg: Config, method: Method, features: int, recipe: Recipe):
+    return augself.AugSelf(features, augself.rows(cfg.augself_weights()), recipe)
+
+
+def _equimod(cfg: Config, method: Method, features: int, recipe: Recipe):
+    return equimod.EquiMod(features, temperature=cfg.equimod_temperature,
+                           weight=cfg.equimod_weight)
+
+
+def _essl(cfg: Config, method: Method, features: int, recipe: Recipe):
+    first = recipe.num_views - cfg.essl_views
+    if first < 1 or not all(v.rotate for v in recipe.views[first:]):
+        raise ValueError(f"--aux essl: the recipe's last {cfg.essl_views} views must be "
+                         "the rotated ones (build the loader with rotated_views(cfg))")
+    head = essl.ESSL(features, first, cfg.essl_views, weight=cfg.essl_weight)
+    if cfg.warmup_epochs == 0:
+        print("warning: --aux essl without a warm-up: E-SSL trains with 10 warm-up epochs, "
+              "and its head can overshoot without one (--warmup-epochs 10)", file=sys.stderr)
+    return head
+
+
+def _condproj(cfg: Config, method: Method, features: int, recipe: Recipe):
+    condproj.install(method)  # no loss of its own: the method's projector is conditioned
+    return None
+
+
+# --aux NAME -> how to build it around the method: (cfg, method, features, recipe) ->
+# the auxiliary head (a module returning its loss) or None; a builder may also change
+# the method in place (condproj). The keys are --aux's choices (trainer/options.py).
+AUX = {"none": _none, "augself": _augself, "equimod": _equimod, "essl": _essl,
+       "condproj": _condproj}
+
+
 def build_objective(cfg: Config, recipe: Recipe, num_classes: int) -> Objective:
     torch.manual_seed(cfg.seed)
     backbone, features = build_backbone(cfg.backbone, stem_for(cfg))
-    method = METHODS[cfg.method](backbone, features, heads(cfg, num_classes),
-                                 large_images=cfg.size > 96)
-    if cfg.aux == "augself":
-        aux = augself.AugSelf(features, augself.rows(cfg.augself_weights()), recipe)
-    elif cfg.aux == "equimod":
-        aux = equimod.EquiMod(features, temperature=cfg.equimod_temperature,
-                              weight=cfg.equimod_weight)
-    elif cfg.aux == "essl":
-        first = recipe.num_views - cfg.essl_views
-        if first < 1 or not all(v.rotate for v in recipe.views[first:]):
-            raise ValueError(f"--aux essl: the recipe's last {cfg.essl_views} views must be "
-                             "the rotated ones (build the loader with rotated_views(cfg))")
-        aux = essl.ESSL(features, first, cfg.essl_views, weight=cfg.essl_weight)
-        if cfg.warmup_epochs == 0:
-            print("warning: --aux essl without a warm-up: E-SSL trains with 10 warm-up epochs, "
-                  "and its head can overshoot without one (--warmup-epochs 10)",
-                  file=sys.stderr)
-    else:  # none, or condproj: no loss of its own, the method's projector is conditioned
-        aux = None
-    if cfg.aux == "condproj":
-        condproj.install(method)
+    # The method reads its hyper-parameters from the config (trainer/methods.py)
+    method = METHODS[cfg.method](backbone, features, cfg, large_images=cfg.size > 96,
+                                 num_classes=num_classes)
+    aux = AUX[cfg.aux](cfg, method, features, recipe)
     probe = LinearProbe(features, num_classes) if cfg.probe and num_classes > 1 else None
     return Objective(method, aux, probe)

@@ -2,11 +2,16 @@
 ``"loss"`` (scalar), ``"feats"`` (the backbone features of every view, with
 gradient, for the auxiliary heads and the probe) and tensors to log.
 
-Defaults are the AugSelf reference code's (Lee et al. 2021, github
-hankook/AugSelf, pretrain.py / trainers.py): projector and predictor widths,
-temperatures, MoCo's queue and momentum, BYOL's cosine momentum schedule,
-SwAV's Sinkhorn (eps 0.05, 3 iterations, T 0.1) and prototypes frozen for the
-first 410 steps, SimSiam's predictor at a fixed learning rate. Momentum
+Hyper-parameters are read from the run's Config, the one place they are
+declared (trainer/options.py: proj_hidden, proj_dim, pred_hidden, proj_layers,
+temperature, target_momentum, queue_size, prototypes, freeze_prototypes,
+barlow_lambda, vicreg_coeffs; 0: the method's default); the number of classes
+(supervised) comes from the dataset. Defaults are the AugSelf reference code's
+(Lee et al. 2021, github hankook/AugSelf, pretrain.py / trainers.py): projector
+and predictor widths, temperatures, MoCo's queue and momentum, BYOL's cosine
+momentum schedule, SwAV's Sinkhorn (eps 0.05, 3 iterations, T 0.1) and
+prototypes frozen for the first 410 steps, SimSiam's predictor at a fixed
+learning rate. Momentum
 encoders and queues live inside their method and are saved with it.
 
 Hooks the loop calls for every method alike (no branching on names):
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -31,22 +36,8 @@ from torch import nn
 from trainer import dist, losses, masked
 from trainer.models import mlp
 
-
-@dataclass
-class Heads:
-    """Method hyper-parameters the config can override (0 = the method's default)."""
-    proj_hidden: int = 0
-    proj_dim: int = 0
-    pred_hidden: int = 0
-    proj_layers: int = 0
-    temperature: float = 0.0
-    momentum: float = 0.0       # MoCo / BYOL target momentum (BYOL: its base value)
-    queue_size: int = 65536     # MoCo
-    prototypes: int = 100       # SwAV
-    freeze_prototypes: int = 410  # SwAV: steps with the prototypes' gradient dropped
-    num_classes: int = 0        # supervised
-    barlow_lambda: float = 0.0051  # Barlow Twins' off-diagonal weight
-    vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0)  # VICReg: sim, var, cov
+if typing.TYPE_CHECKING:
+    from trainer.options import Config
 
 
 def _pick(value, default):
@@ -118,13 +109,14 @@ class SimSiam(Method):
     """Chen & He 2021. Projector 2048-2048 (3 layers for ImageNet-size images, 2
     for small ones, last BN); predictor 2048-512-2048; loss 0.5 (D(p1,z2) + D(p2,z1))."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
-        d = _pick(h.proj_dim, 2048)
-        self.projector = projector(features, _pick(h.proj_hidden, 2048), d,
-                                   _pick(h.proj_layers, 3 if large_images else 2),
+        d = _pick(cfg.proj_dim, 2048)
+        self.projector = projector(features, _pick(cfg.proj_hidden, 2048), d,
+                                   _pick(cfg.proj_layers, 3 if large_images else 2),
                                    last_bn=True)
-        self.predictor = mlp(d, _pick(h.pred_hidden, d // 4), d, 2, last_bn=False)
+        self.predictor = mlp(d, _pick(cfg.pred_hidden, d // 4), d, 2, last_bn=False)
 
     def param_groups(self):
         pred = set(self.predictor.parameters())
@@ -144,12 +136,13 @@ class SimSiam(Method):
 class SimCLR(Method):
     """Chen et al. 2020. Projector F-F-128 (no last BN), NT-Xent at T = 0.2."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
-        self.projector = projector(features, _pick(h.proj_hidden, features),
-                                   _pick(h.proj_dim, 128), _pick(h.proj_layers, 2),
+        self.projector = projector(features, _pick(cfg.proj_hidden, features),
+                                   _pick(cfg.proj_dim, 128), _pick(cfg.proj_layers, 2),
                                    last_bn=False)
-        self.temperature = _pick(h.temperature, 0.2)
+        self.temperature = _pick(cfg.temperature, 0.2)
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
@@ -163,15 +156,17 @@ class MoCo(Method):
     projector F-F-128. The queue receives the keys of the global batch; the
     AugSelf code enqueues the queries instead, which we do not copy."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
-        d = _pick(h.proj_dim, 128)
-        self.projector = projector(features, _pick(h.proj_hidden, features), d,
-                                   _pick(h.proj_layers, 2), last_bn=False)
+        d = _pick(cfg.proj_dim, 128)
+        self.projector = projector(features, _pick(cfg.proj_hidden, features), d,
+                                   _pick(cfg.proj_layers, 2), last_bn=False)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.temperature, self.m = _pick(h.temperature, 0.2), _pick(h.momentum, 0.999)
-        self.register_buffer("queue", F.normalize(torch.randn(h.queue_size, d), dim=1))
+        self.temperature = _pick(cfg.temperature, 0.2)
+        self.m = _pick(cfg.target_momentum, 0.999)
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, d), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.pending = None  # this step's gathered keys, for after_step
 
@@ -210,14 +205,15 @@ class BYOL(Method):
     BN); target momentum 1 - (1 - 0.996)(cos(pi k/K) + 1)/2 over training
     progress k/K; loss = sum over both directions of 2 - 2 cos."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
-        d, hid = _pick(h.proj_dim, 256), _pick(h.proj_hidden, 4096)
-        self.projector = projector(features, hid, d, _pick(h.proj_layers, 2), last_bn=False)
-        self.predictor = mlp(d, _pick(h.pred_hidden, hid), d, 2, last_bn=False)
+        d, hid = _pick(cfg.proj_dim, 256), _pick(cfg.proj_hidden, 4096)
+        self.projector = projector(features, hid, d, _pick(cfg.proj_layers, 2), last_bn=False)
+        self.predictor = mlp(d, _pick(cfg.pred_hidden, hid), d, 2, last_bn=False)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.m0 = _pick(h.momentum, 0.996)
+        self.m0 = _pick(cfg.target_momentum, 0.996)
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
@@ -243,13 +239,14 @@ class SwAV(Method):
     every other view at T = 0.1. Projector F-2048-128, 100 unit-norm prototypes
     (AugSelf code), frozen for the first 410 steps."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
-        d = _pick(h.proj_dim, 128)
-        self.projector = projector(features, _pick(h.proj_hidden, 2048), d,
-                                   _pick(h.proj_layers, 2), last_bn=False)
-        self.prototypes = nn.Linear(d, h.prototypes, bias=False)
-        self.temperature, self.freeze = _pick(h.temperature, 0.1), h.freeze_prototypes
+        d = _pick(cfg.proj_dim, 128)
+        self.projector = projector(features, _pick(cfg.proj_hidden, 2048), d,
+                                   _pick(cfg.proj_layers, 2), last_bn=False)
+        self.prototypes = nn.Linear(d, cfg.prototypes, bias=False)
+        self.temperature, self.freeze = _pick(cfg.temperature, 0.1), cfg.freeze_prototypes
 
     def forward(self, batch):
         with torch.no_grad():
@@ -286,11 +283,12 @@ class _Decorrelating(Method):
     between layers, none after the last) and a loss on the global batch of the
     two views' embeddings, ``self.loss(z1, z2)``."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
         width = 8192 if large_images else 2048
-        self.projector = projector(features, _pick(h.proj_hidden, width),
-                                   _pick(h.proj_dim, width), _pick(h.proj_layers, 3),
+        self.projector = projector(features, _pick(cfg.proj_hidden, width),
+                                   _pick(cfg.proj_dim, width), _pick(cfg.proj_layers, 3),
                                    last_bn=False)
 
     def forward(self, batch):
@@ -302,9 +300,10 @@ class _Decorrelating(Method):
 class BarlowTwins(_Decorrelating):
     """Zbontar et al. 2021: lambda 0.0051 (losses.barlow_twins)."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
-        super().__init__(backbone, features, h, large_images)
-        self.lambd = h.barlow_lambda
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
+        super().__init__(backbone, features, cfg, large_images)
+        self.lambd = cfg.barlow_lambda
 
     def loss(self, z1, z2):
         return losses.barlow_twins(z1, z2, self.lambd)
@@ -314,9 +313,10 @@ class VICReg(_Decorrelating):
     """Bardes et al. 2022: coefficients 25 (invariance), 25 (variance), 1
     (covariance) (losses.vicreg)."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
-        super().__init__(backbone, features, h, large_images)
-        self.coeffs = h.vicreg
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
+        super().__init__(backbone, features, cfg, large_images)
+        self.coeffs = cfg.vicreg_coeffs
 
     def loss(self, z1, z2):
         return losses.vicreg(z1, z2, *self.coeffs)
@@ -326,11 +326,12 @@ class Supervised(Method):
     """Cross-entropy on the labels from the first two views, averaged (a baseline;
     -1 labels ignored; views after them are an auxiliary head's)."""
 
-    def __init__(self, backbone, features, h: Heads, large_images: bool):
+    def __init__(self, backbone, features, cfg: Config, large_images: bool,
+                 num_classes: int = 0):
         super().__init__(backbone, features)
-        if h.num_classes < 1:
+        if num_classes < 1:
             raise ValueError("supervised needs a labelled dataset (the manifest lists no classes)")
-        self.classifier = nn.Linear(features, h.num_classes)
+        self.classifier = nn.Linear(features, num_classes)
 
     def forward(self, batch):
         y = self.encode(batch.views[:2])
