@@ -32,7 +32,7 @@ import torch
 from pipelines import cli
 from pipelines.build import LoaderConfig, build_loader, resolve_backend
 from pipelines.checks import DamagedSample
-from pipelines.recipe import parse_jitter, to_spec
+from pipelines.recipe import to_spec
 from trainer import checkpoint, datasets, dist, optim, run_folder, systems
 from trainer.build import build_objective, rotated_views
 from trainer.config import Config, check_environment, from_argv, resolve_preset, to_dict
@@ -143,7 +143,7 @@ def _build_loader(cfg: Config, env: dist.Env, sysm: systems.Systems, backend: st
         data=cfg.data, backend=backend, preset=preset, size=cfg.size,
         rotated_views=n_rotated, rotated_size=rotated_size,
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
-        jitter=parse_jitter(cfg.jitter) if cfg.jitter else None, recipe=cfg.recipe,
+        jitter=cfg.jitter, recipe=cfg.recipe,  # a typed tuple or None (trainer/options.py)
         seed=cfg.seed, rank=env.rank, world=env.world, workers=cfg.workers,
         device=str(sysm.device), on_damaged=cfg.on_damaged, triton_check=cfg.triton_check),
         dtype=sysm.dtype)
