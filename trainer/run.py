@@ -25,12 +25,13 @@ import shlex
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipelines import cli
-from pipelines.build import LoaderConfig, build_loader, resolve_backend
+from pipelines.build import LoaderConfig, build_loader
 from pipelines.checks import DamagedSample
 from pipelines.recipe import to_spec
 from trainer import checkpoint, datasets, dist, optim, run_folder, systems
@@ -108,11 +109,14 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     if cfg.resume:
         _same_dataset(run_dir, cfg.data, data_id["data"])
     classes = datasets.check_labels(cfg.data)
-    backend = resolve_backend(cfg.backend, cfg.data,
-                              None if cfg.device == "auto" else cfg.device)
+    sysm = systems.choose(cfg, env)
+    # The loader resolves backend, device, stage and recipe, once (pipelines/build.py);
+    # built before the folder is claimed, so a dataset no backend here can read is
+    # refused with nothing created.
+    start = _Start(sysm, _build_loader(cfg, env, sysm), classes, data_id)
     lock = run_folder.claim(run_dir, cfg.resume, cfg.overwrite) if env.main else None
     try:
-        return _train_in(cfg, env, run_dir, backend, classes, data_id)
+        return _train_in(cfg, env, run_dir, start)
     finally:
         if lock is not None:
             lock.release(unlink=True)
@@ -135,12 +139,20 @@ def _same_dataset(run_dir: Path, data: str, now: dict) -> None:
                          "moved), or start a new run")
 
 
-def _build_loader(cfg: Config, env: dist.Env, sysm: systems.Systems, backend: str):
+@dataclass(frozen=True)
+class _Start:
+    """What is settled before the run folder is claimed."""
+    sysm: systems.Systems
+    loader: object             # pipelines' loader; loader.resolved: what it chose
+    classes: int
+    data_id: dict
+
+
+def _build_loader(cfg: Config, env: dist.Env, sysm: systems.Systems):
     """This rank's loader: its share of each batch, on the chosen device."""
-    preset = resolve_preset(cfg)
     n_rotated, rotated_size = rotated_views(cfg)
     return build_loader(LoaderConfig(
-        data=cfg.data, backend=backend, preset=preset, size=cfg.size,
+        data=cfg.data, backend=cfg.backend, preset=resolve_preset(cfg), size=cfg.size,
         rotated_views=n_rotated, rotated_size=rotated_size,
         small_size=cfg.small_size or None, batch_size=cfg.batch_size // env.world,
         jitter=cfg.jitter, recipe=cfg.recipe,  # a typed tuple or None (trainer/options.py)
@@ -175,13 +187,11 @@ def _run_files(cfg: Config, run_dir: Path, resolved: dict, data_id: dict, recipe
     return Metrics(run_dir, resumed_at, watch), watch
 
 
-def _set_up(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: int,
-            data_id: dict) -> tuple[Run, int]:
-    """Loader, objective, optimiser, the checkpoint (--resume) and the run folder's
-    files; the Run and the step to start from."""
-    sysm = systems.choose(cfg, env)
-    loader = _build_loader(cfg, env, sysm, backend)
-    objective = build_objective(cfg, loader.recipe, classes)
+def _set_up(cfg: Config, env: dist.Env, run_dir: Path, start: _Start) -> tuple[Run, int]:
+    """Objective, optimiser, the checkpoint (--resume) and the run folder's files;
+    the Run and the step to start from."""
+    sysm, loader, chose = start.sysm, start.loader, start.loader.resolved
+    objective = build_objective(cfg, chose.recipe, start.classes)
     model, objective = systems.prepare(objective, cfg, sysm, env)
     spe = len(loader)
     total = cfg.epochs * spe
@@ -189,13 +199,15 @@ def _set_up(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: in
     optimizer = optim.build(objective.param_groups(), cfg.optimizer, lr, cfg.momentum,
                             cfg.weight_decay)
     resumed_at = _resume(run_dir, objective, optimizer, sysm.scaler) if cfg.resume else None
-    resolved = {"backend": backend, "preset": resolve_preset(cfg), "device": str(sysm.device),
+    resolved = {"backend": chose.backend, "preset": resolve_preset(cfg),
+                "device": str(chose.device), "stage": chose.stage,
                 "dtype": str(sysm.dtype).removeprefix("torch."), "world": env.world,
                 "steps_per_epoch": spe, "total_steps": total, "lr": lr,
-                "num_classes": classes}
+                "num_classes": start.classes}
     metrics, watch = None, None
     if env.main:
-        metrics, watch = _run_files(cfg, run_dir, resolved, data_id, loader.recipe, resumed_at)
+        metrics, watch = _run_files(cfg, run_dir, resolved, start.data_id, chose.recipe,
+                                    resumed_at)
     run = Run(cfg=cfg, env=env, run_dir=run_dir, loader=loader, model=model,
               objective=objective, optimizer=optimizer, sysm=sysm, spe=spe, total=total,
               warmup=round(cfg.warmup_epochs * spe),
@@ -205,9 +217,8 @@ def _set_up(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: in
     return run, resumed_at or 0
 
 
-def _train_in(cfg: Config, env: dist.Env, run_dir: Path, backend: str, classes: int,
-              data_id: dict) -> dict:
-    run, step = _set_up(cfg, env, run_dir, backend, classes, data_id)
+def _train_in(cfg: Config, env: dist.Env, run_dir: Path, start: _Start) -> dict:
+    run, step = _set_up(cfg, env, run_dir, start)
     with _stop_on_signals() as stop_signal:
         loop = Loop(step=step, step_last=step,
                     bar=progress_bar(run.stop, step, cfg.progress and env.main))
