@@ -7,6 +7,7 @@ checking it is trainer/config.py; the command line is generated from these field
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 
 from pipelines.cli import Range
@@ -32,32 +33,50 @@ SEED = Range(0, 2 ** 32 - 1, integer=True)
 
 
 def opt(default, help: str, choices=None, range=None, parse=None, metavar=None):
-    """A field: ``choices`` (a tuple, or a function returning the names of a registry)
-    are checked by validate() and offered by --help; ``range`` (a cli.Range, or for
-    a field of several numbers the text that describes it) is checked by validate()
-    and shown by --help; ``parse`` turns what a user writes (for several numbers:
+    """A field: ``choices`` (a tuple, or a Registry: the keys of a table) are checked
+    by validate() and offered by --help; ``range`` (a cli.Range, or for a field of
+    several numbers the text that describes it) is checked by validate() and shown
+    by --help; ``parse`` turns what a user writes (for several numbers:
     "a,b,c" or a list) into the field's typed value, checked, or raises a ValueError
     of one line naming the key and the value (Config.__post_init__)."""
     return field(default=default, metadata={"help": help, "choices": choices, "range": range,
                                             "parse": parse, "metavar": metavar})
 
 
-def registry(module: str, table: str, *extra: str):
-    """The choices of an option are the keys of the registry ``module.table``
-    (``extra``, e.g. "auto", first): adding a method, a backend, a preset or an
-    auxiliary objective to its table makes it a choice, with nothing to copy here.
-    Read when the command line is parsed or a config checked, not when this module
-    is imported: trainer.methods and trainer.build import torch (seconds), which a
-    tool that only reads a saved config does not need."""
-    def names() -> tuple[str, ...]:
-        return (*extra, *getattr(importlib.import_module(module), table))
-    return names
+class Registry(Sequence):
+    """The choices of an option: the keys of the registry ``module.table`` (``extra``,
+    e.g. "auto", first), so adding a method, a backend, a preset or an auxiliary
+    objective to its table makes it a choice, with nothing to copy here. A sequence
+    read on each use (argparse's choices, validate(), iterating), not when this
+    module is imported: trainer.methods and trainer.build import torch (seconds),
+    which a tool that only reads a saved config does not need."""
+
+    def __init__(self, module: str, table: str, *extra: str):
+        self.module, self.table, self.extra = module, table, extra
+
+    def names(self) -> tuple[str, ...]:
+        return (*self.extra, *getattr(importlib.import_module(self.module), self.table))
+
+    def __getitem__(self, i):
+        return self.names()[i]
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __contains__(self, name) -> bool:
+        return name in self.names()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.module}.{self.table}: {', '.join(self.names())})"
 
 
 def choices(f) -> tuple[str, ...] | None:
-    """The choices of Config field ``f``, registries read now; None: any value."""
+    """The choices of Config field ``f`` as they are now; None: any value."""
     c = f.metadata.get("choices")
-    return tuple(c()) if callable(c) else c
+    return tuple(c) if c else None
 
 
 def _jitter(value) -> tuple[float, float, float, float] | None:
@@ -82,9 +101,9 @@ class Config:
     # data
     backend: str = opt("auto", "loader backend (auto: dali-gpu on a GPU, else dali-cpu, "
                        "else ffcv, else torchvision)",
-                       registry("pipelines.build", "BACKENDS", "auto"))
+                       Registry("pipelines.build", "BACKENDS", "auto"))
     preset: str = opt("auto", "augmentation preset (auto: swav's multi-crop for swav, else "
-                      "augself's)", registry("pipelines.recipe", "PRESETS", "auto"))
+                      "augself's)", Registry("pipelines.recipe", "PRESETS", "auto"))
     size: int = opt(224, "output side of the (large) views, pixels",
                     range=SIZE)
     small_size: int = opt(0, "side of multi-crop small views (0: 96/224 of --size)",
@@ -105,12 +124,12 @@ class Config:
     workers: int = opt(2, "loader worker processes / threads",
                        range=Range(0, 256, integer=True))
     # model and method
-    method: str = opt("simsiam", "SSL method", registry("trainer.methods", "METHODS"))
+    method: str = opt("simsiam", "SSL method", Registry("trainer.methods", "METHODS"))
     aux: str = opt("none", "auxiliary objective around the method: augself (predict the "
                    "parameters' difference), equimod (equivariant latent), essl (predict "
                    "the four-fold rotation of extra views, E-SSL), condproj (the projector "
                    "is told each view's parameters, after CASSLE)",
-                   registry("trainer.build", "AUX"))
+                   Registry("trainer.build", "AUX"))
     backbone: str = opt("resnet18", "backbone: resnet18, resnet50 (torchvision), small (a "
                         "CPU-sized ResNet) or timm:NAME (any timm model, classifier removed; "
                         "e.g. timm:vit_small_patch16_224)")
