@@ -78,7 +78,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
-    from trainer.config import Config, validate
+    from trainer.config import Config, to_dict, validate
     from trainer.run import train
 
     run_dir = out / folder
@@ -91,11 +91,11 @@ def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
     done = run_dir / "demo.json"
     if done.exists():
         saved = json.loads(done.read_text())
-        if _same(saved.get("config", {}), cfg.__dict__):
+        if _same(saved.get("config", {}), to_dict(cfg)):  # as config.json writes it
             print(f"[demo] reusing {run_dir}")
             return saved
     resume = (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists() and \
-        _same(json.loads((run_dir / "config.json").read_text())["config"], cfg.__dict__)
+        _same(json.loads((run_dir / "config.json").read_text())["config"], to_dict(cfg))
     if (run_dir / "checkpoint.pt").exists() and not resume:
         import shutil
         shutil.rmtree(run_dir)  # a run of the demo with other settings: start over
@@ -112,7 +112,7 @@ def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
     row = {"method": name, "seed": seed, **demo_report.metrics_of(summary["eval"]),
            "seconds": seconds, "images_per_s": rates[len(rates) // 2],
            "backend": summary["backend"], "device": summary["device"],
-           "config": cfg.__dict__}
+           "config": to_dict(cfg)}
     done.write_text(json.dumps(row, indent=2) + "\n")
     return row
 

@@ -304,15 +304,13 @@ def evaluate_run(run_dir, train_data: str, test_data: str, device="cpu",
     backbone is from, and which test samples were left out) and .md. A backbone file
     (.safetensors or .pt) that backbone.json does not describe is refused before any
     work."""
-    from pipelines.recipe import parse_jitter
-
     run_dir = Path(run_dir)
     ecfg = ecfg or EvalConfig()
     ecfg.check()
     backbone = backbone_info(run_dir)
     net, cfg, resolved = load_backbone(run_dir, device)
     ecfg.preset = resolved.get("preset", ecfg.preset)
-    ecfg.jitter = parse_jitter(cfg.jitter) if cfg.jitter else None
+    ecfg.jitter = cfg.jitter  # a typed tuple or None: parsed once, by the Config
     result, labels = _evaluate(net, train_data, test_data, cfg.size, device, ecfg,
                                cache_dir=run_dir / "eval" / "features")
     doc = {"run": str(run_dir), "train": str(train_data), "test": str(test_data),
