@@ -210,7 +210,12 @@ def parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"] + _range_text(f) +
                   f" (default: {f.default!r})")
-        if t is bool:
+        if f.name == "resume":  # a flag that also takes "auto" (_resume_auto)
+            p.add_argument(flag, nargs="?", const=True, type=_resume_value, metavar="auto",
+                           **kw)
+            p.add_argument("--no-resume", dest="resume", action="store_false",
+                           default=argparse.SUPPRESS, help="start a new run (the default)")
+        elif t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == "recipe":
             p.add_argument(flag, type=_json_mapping, metavar="JSON", **kw)
@@ -221,6 +226,29 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(flag, type=t, choices=names,
                            metavar=t.__name__.upper() if not names else None, **kw)
     return p
+
+
+def _resume_value(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"{text!r}: --resume takes no value, or auto")
+    return text
+
+
+# The file whose presence makes --resume auto resume: trainer/checkpoint.NAME (not
+# imported: reading a config stays torch-free; tests/test_config_registries.py).
+CHECKPOINT = "checkpoint.pt"
+
+
+def _resume_auto(args: dict, base: dict) -> None:
+    """--resume auto (a requeued job runs the same command again): resume when
+    --out holds this run's checkpoint, else start a new run, which the run-folder
+    rules (trainer/run_folder.py) allow only in a missing or empty folder. Decided
+    by the checkpoint alone: it appears after every rank has started (the first
+    --ckpt-every steps), so the ranks of one job all decide alike."""
+    if args.get("resume", base.get("resume")) != "auto":
+        return
+    out = Path(args.get("out", base.get("out", Config.out)))
+    args["resume"] = (out / CHECKPOINT).is_file()
 
 
 def _json_mapping(text: str) -> dict:
@@ -245,6 +273,7 @@ def from_argv(argv=None) -> Config:
         # keys and types named by the file; values checked once merged below
         base = checked(read_config_file(path), str(path))
     args.pop("config", None)
+    _resume_auto(args, base)
     if args.get("resume"):
         out = Path(args.get("out", base.get("out", Config.out)))
         saved_path = out / "config.json"

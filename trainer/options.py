@@ -93,7 +93,9 @@ class Config:
     data: str = opt("", "converted dataset folder (tools/convert_dataset.py output); required")
     test_data: str = opt("", "converted held-out split: kNN and linear accuracy at the end")
     out: str = opt("runs/run", "run folder: config.json, metrics.jsonl, checkpoints, backbone.pt")
-    resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint; --resume "
+                              "auto: resume if --out holds a checkpoint, else start a new run "
+                              "(for a requeued job: the same command every time)")
     overwrite: bool = opt(False, "replace the run already in --out: its config.json, "
                           "metrics.jsonl, checkpoint, backbone, recipe.json, tb/ and eval/ are "
                           "removed first; other files there are kept (without it a folder "
