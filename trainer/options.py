@@ -250,6 +250,17 @@ class Config:
     view_grid_every: int = opt(5, "epochs between pictures of the views (with their "
                                "parameters) in TensorBoard/W&B; 0: none",
                                range=Range(1, 100000, integer=True, zero="no pictures"))
+    # monitors (trainer/monitors.py, trainer/online_knn.py; README, "Is SSL working?")
+    rankme: bool = opt(True, "RankMe (the effective rank of the logged step's backbone "
+                       "features) in every metrics line; --no-rankme: none")
+    knn_bank: int = opt(2048, "online kNN at each epoch end with --test-data: train images "
+                        "in its bank (un-augmented, drawn once; all when the split has "
+                        "fewer); 0: no online kNN",
+                        range=Range(1, 2 ** 17, integer=True, zero="no online kNN"))
+    knn_test: int = opt(512, "online kNN: test images it scores (0: no online kNN); bank + "
+                        "test forward passes an epoch, ~(bank + test) / (6 x train images) "
+                        "of its time with 2 views",
+                        range=Range(1, 2 ** 17, integer=True, zero="no online kNN"))
 
     def __post_init__(self):
         # The one parse of a field of several numbers, whichever way the config came
