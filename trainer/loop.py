@@ -3,9 +3,11 @@
 ``Run`` is what the set-up resolved and the loop only reads; ``Loop`` is what the
 loop carries from step to step. ``save`` writes the checkpoint and the backbone
 next to it; ``log_line`` is the work of a logged step: the one read of the
-device-side Tally, skipped-step accounting, the --max-bad-steps stop and the
-metrics line. Between logged steps the loop reads nothing from the device, so the
-host queues steps ahead (trainer/step.py).
+device-side Tally (RankMe's value of the line in the same copy: trainer/monitors.py),
+skipped-step accounting, the --max-bad-steps stop and the metrics line;
+``epoch_end`` is the online kNN's line (trainer/online_knn.py). Between logged
+steps the loop reads nothing from the device, so the host queues steps ahead
+(trainer/step.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 from trainer import checkpoint, dist
 from trainer.config import Config
 from trainer.models import backbone_state_dict
+from trainer.monitors import RankMe
+from trainer.online_knn import OnlineKnn, knn_line
 from trainer.runlog import Metrics
 from trainer.step import Tally
 from trainer.systems import Systems
@@ -47,7 +51,8 @@ def kept(run_dir: Path) -> str:
 @dataclass
 class Run:
     """What the set-up resolved; fixed for the whole loop. ``metrics`` and
-    ``watch`` only on the main rank (None on the others)."""
+    ``watch`` only on the main rank (None on the others); the monitors (None: off)
+    on every rank."""
     cfg: Config
     env: dist.Env
     run_dir: Path
@@ -64,6 +69,8 @@ class Run:
     resolved: dict
     metrics: Metrics | None
     watch: Watch | None
+    rankme: RankMe | None = None      # --rankme (trainer/monitors.py)
+    knn: OnlineKnn | None = None      # --test-data, --knn-bank, --knn-test
 
 
 @dataclass
@@ -105,7 +112,7 @@ def log_line(run: Run, loop: Loop, lr: float, stop_here: bool) -> bool:
     cfg, step = run.cfg, loop.step
     now = time.perf_counter()
     rate = (step - loop.step_last) * cfg.batch_size / max(now - loop.t_last, 1e-9)
-    got = loop.tally.read(stop_here)
+    got = loop.tally.read(stop_here, run.rankme.line() if run.rankme is not None else None)
     loop.skipped_total += got.skipped
     if got.skipped:
         what = ("step skipped" if got.skipped == 1 else
@@ -122,8 +129,22 @@ def log_line(run: Run, loop: Loop, lr: float, stop_here: bool) -> bool:
     if run.env.main:
         run.metrics.write({"step": step, "epoch": step / run.spe, "lr": lr,
                            "images_per_s": rate, "skipped_steps": loop.skipped_total,
-                           "damaged_samples": run.loader.damage.count, **loop.last})
+                           "damaged_samples": run.loader.damage.count, **loop.last,
+                           **got.extra})
         if loop.last:
             loop.bar.set_postfix(loss=f"{loop.last['loss']:.4f}", img_s=f"{rate:.0f}")
     loop.t_last, loop.step_last = now, step
     return got.stop
+
+
+def epoch_end(run: Run, loop: Loop) -> None:
+    """At an epoch's end (and the run's last step): the online kNN, on every rank (it
+    gathers features under DDP, at the same step on every rank); the main rank writes
+    its line. Its seconds are left out of the next line's images_per_s."""
+    if run.knn is None:
+        return
+    line = knn_line(run.knn, run.objective.method.backbone, run.sysm.device, run.sysm.dtype,
+                    run.sysm.autocast, loop.step, run.spe)
+    loop.t_last += line["knn_s"]
+    if run.env.main:
+        run.metrics.write(line)

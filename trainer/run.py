@@ -7,7 +7,9 @@
 The run folder gets config.json (resolved, with the git sha), metrics.jsonl,
 checkpoint.pt (atomic, every --ckpt-every steps and at the end), backbone.pt
 (the backbone as a plain state_dict) and, with --test-data, eval/<dataset>.json
-(linear, kNN and colour probes; tools/evaluate.py for every task).
+(linear, kNN and colour probes; tools/evaluate.py for every task). While it runs,
+metrics.jsonl has RankMe at every logged line (trainer/monitors.py) and, with
+--test-data, an online kNN line at each epoch end (trainer/online_knn.py).
 
 Exact resume: the data order and every augmentation draw are functions of
 (seed, epoch, sample index, view) and the checkpoint holds every weight,
@@ -37,8 +39,10 @@ from pipelines.recipe import to_spec
 from trainer import checkpoint, datasets, dist, optim, run_folder, systems
 from trainer.build import build_objective, rotated_views
 from trainer.config import Config, check_environment, from_argv, resolve_preset, to_dict
-from trainer.loop import Loop, NonFinite, Run, log_line, save  # noqa: F401 - NonFinite: as before
+from trainer.loop import Loop, NonFinite, Run, epoch_end, log_line, save  # noqa: F401 - NonFinite
 from trainer.loop import kept as _kept  # noqa: F401 - importable from here, as before
+from trainer.monitors import RankMe
+from trainer.online_knn import OnlineKnn
 from trainer.runlog import Metrics, progress_bar, write_config
 from trainer.step import train_step  # noqa: F401 - train_step: also for tools, benchmarks
 from trainer.watch import Watch
@@ -213,8 +217,23 @@ def _set_up(cfg: Config, env: dist.Env, run_dir: Path, start: _Start) -> tuple[R
               warmup=round(cfg.warmup_epochs * spe),
               stop=min(total, cfg.max_steps) if cfg.max_steps else total,
               ckpt_every=cfg.ckpt_every or spe, resolved=resolved, metrics=metrics,
-              watch=watch)
+              watch=watch, **_monitors(cfg, env, objective))
     return run, resumed_at or 0
+
+
+def _monitors(cfg: Config, env: dist.Env, objective) -> dict:
+    """RankMe's hook on the method (--rankme); with --test-data, the online kNN
+    (--knn-bank, --knn-test; 0 turns it off): its images chosen and their decoding
+    started, on every rank (each decodes its share)."""
+    out = {"rankme": RankMe(objective.method) if cfg.rankme else None, "knn": None}
+    if cfg.test_data and cfg.knn_bank and cfg.knn_test:
+        knn = OnlineKnn(cfg.data, cfg.test_data, cfg.size, cfg.knn_bank, cfg.knn_test,
+                        cfg.seed, env.rank, env.world)
+        if knn.why_not is None:
+            out["knn"] = knn
+        elif env.main:
+            print(f"note: no online kNN on {cfg.test_data}: {knn.why_not}", file=sys.stderr)
+    return out
 
 
 def _train_in(cfg: Config, env: dist.Env, run_dir: Path, start: _Start) -> dict:
@@ -258,6 +277,8 @@ def _train_loop(run: Run, loop: Loop, stop_signal: list[int]) -> None:
             stopping = run.env.world == 1 and bool(stop_signal)
             if loop.step % cfg.log_every == 0 or loop.step == run.stop:
                 stopping = log_line(run, loop, lr, bool(stop_signal)) or stopping
+            if loop.step % run.spe == 0 or loop.step == run.stop:
+                epoch_end(run, loop)  # the online kNN, on every rank at the same step
             loop.bar.update(1)
             if loop.step % run.ckpt_every == 0 and loop.step < run.stop:
                 save(run, loop.step)

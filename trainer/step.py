@@ -34,7 +34,7 @@ SIGINT on any rank reaches every rank (they all stop after the same step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -98,6 +98,7 @@ class Read:
     skipped: int             # steps skipped since the last line
     row: int                 # non-finite steps in a row, up to this one
     stop: bool               # a SIGTERM/SIGINT was caught on some rank
+    extra: dict[str, float] = field(default_factory=dict)  # read()'s ``extra``, rank mean
 
 
 class Tally:
@@ -133,19 +134,23 @@ class Tally:
         self.skipped += bad
         self.row = (self.row + 1) * bad
 
-    def read(self, stop_here: bool) -> Read:
+    def read(self, stop_here: bool, extra: dict[str, torch.Tensor] | None = None) -> Read:
         """The means and counters since the last read, on every rank (a collective
         under DDP: every rank calls it at the same steps); one device-to-host copy.
-        ``stop_here``: this rank caught a signal."""
+        ``stop_here``: this rank caught a signal. ``extra``: this line's monitors
+        (0-dim device values, trainer/monitors.py), averaged over the ranks with the
+        means and read in the same copy."""
         if self.keys is None:  # no step since the last line
             return Read({}, 0, 0, stop_here)
+        extra = extra or {}
         means = self.sums / self.applied.clamp(min=1)
-        summed = dist.all_reduce_sum(torch.cat([means, means.new_tensor([float(stop_here)])]))
+        mine = [means, *(v.detach().to(means.dtype).reshape(1) for v in extra.values())]
+        summed = dist.all_reduce_sum(torch.cat([*mine, means.new_tensor([float(stop_here)])]))
         values = torch.cat([summed[:-1] / dist.world(), summed[-1:],
                             torch.stack([self.applied, self.skipped, self.row])]).tolist()
-        n = len(self.keys)
-        applied, skipped, row = values[n + 1:]
+        n, m = len(self.keys), len(extra)
+        applied, skipped, row = values[n + m + 1:]
         got = Read(dict(sorted(zip(self.keys, values[:n]))) if applied else {}, round(skipped),
-                   round(row), values[n] > 0)
+                   round(row), values[n + m] > 0, dict(zip(extra, values[n:n + m])))
         self._reset()
         return got
