@@ -107,6 +107,22 @@ def test_rankme_reads_the_features_the_step_trained_on():
     monitor.remove()
 
 
+def test_the_hook_traces_into_one_compiled_graph():
+    """--compile: Dynamo traces the hook with the objective, no graph break, and the
+    features it keeps are the step's (a graph output, replayed onto the monitor)."""
+    import torch._dynamo
+    objective, _, _, recipe = stepkit.build("simsiam", "augself")
+    monitor = RankMe(objective.method)
+    batch = stepkit.batch(recipe, 0, b=16)
+    before = copy.deepcopy(objective)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(objective)(batch)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    with torch.no_grad():
+        want = rankme(before.method.backbone(batch.views[0]))
+    assert monitor.line()["rankme"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
 def test_rankme_adds_no_host_read_to_a_step_and_none_to_the_line():
     """Steps with the hook: no read (as tests/test_sync_count.py holds for the bare
     step). A line: the tally's one copy, RankMe's value in it, whatever the SVD's

@@ -14,11 +14,12 @@ the step), taken by a forward hook on the method (its output's ``feats``, which
 every method returns). No second forward pass: at each step the hook keeps a
 reference to that tensor (detached: no graph kept, no copy, no kernel); only at a
 logged step (--log-every) are the singular values computed, in float64 outside
-autocast, on the device (``rankme``). The value is a 0-dim device tensor that the loop hands to the Tally's one
-read of the line (trainer/step.py: ``Tally.read(extra=...)``), so it adds no host
-read; under DDP each rank's value is of its own share of the batch (B / ranks
-rows) and the line logs their mean. Under --compile the hook is traced with the
-objective: one graph, the features one more output of it.
+autocast, on the device (``rankme``). The value is a 0-dim device tensor that the
+loop hands to the Tally's one read of the line (trainer/step.py:
+``Tally.read(extra=...)``), so it adds no host read; under DDP each rank's value
+is of its own share of the batch (B / ranks rows) and the line logs their mean.
+Under --compile the hook is traced with the objective: one graph, no break, the
+features one more output of it (tests/test_monitors.py).
 
 Cost: per logged line, a Gram matrix (N^2 D multiply-adds, N = min(B / ranks, D))
 and an N x N symmetric eigensolve; nothing between lines. CUDA's eigensolver
