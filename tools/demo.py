@@ -77,6 +77,12 @@ def _same(a: dict, b: dict) -> bool:
         {k: v for k, v in b.items() if k not in RESUME_MAY_CHANGE}
 
 
+def _rates(lines: list[dict]) -> list[float]:
+    """The training lines' images/s, sorted, the first (warm-up) left out; the
+    online kNN's lines (trainer/online_knn.py) carry no rate."""
+    return sorted([x["images_per_s"] for x in lines if "images_per_s" in x][1:]) or [0.0]
+
+
 def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
     from trainer.config import Config, to_dict, validate
     from trainer.run import train
@@ -107,7 +113,7 @@ def pretrain(out: Path, name: str, aux: str, folder: str, seed: int, a) -> dict:
     summary = train(cfg)
     seconds = time.perf_counter() - t0
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rates = sorted(x["images_per_s"] for x in lines[1:]) or [0.0]
+    rates = _rates(lines)
     cfg.resume = cfg.overwrite = False
     row = {"method": name, "seed": seed, **demo_report.metrics_of(summary["eval"]),
            "seconds": seconds, "images_per_s": rates[len(rates) // 2],

@@ -27,7 +27,7 @@ from trainer.options import SEED, Config, choices  # noqa: F401 - SEED: for tool
 # content (trainer/datasets.py), not by path.
 RESUME_MAY_CHANGE = {"resume", "max_steps", "log_every", "workers", "progress", "out",
                      "on_damaged", "max_bad_steps", "tensorboard", "wandb", "view_grid_every",
-                     "overwrite", "data", "test_data"}
+                     "overwrite", "data", "test_data", "rankme", "knn_bank", "knn_test"}
 
 
 def _types() -> dict[str, type]:
